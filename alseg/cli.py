@@ -1,0 +1,263 @@
+"""The ``alseg`` command line. The only place that reads environment variables.
+
+Every user-facing failure is an :class:`~alseg.errors.AlsegError`: it is printed as one clear
+message (no traceback) and the command exits non-zero (2 for an invalid spec or argument, 1 for
+anything else). ``ALSEG_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from alseg.errors import AlsegError, SpecError
+
+DEMO_DIR = "demo-run"
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _triple(kind: type, name: str):
+    def parse(values: list[str]):
+        return tuple(kind(v) for v in values)
+
+    return parse
+
+
+def _runner(args: argparse.Namespace):
+    from alseg.runtime import make_runner
+
+    backend = getattr(args, "backend", "serial")
+    kwargs = {}
+    if backend == "ray" and getattr(args, "address", None) is None and getattr(args, "num_cpus", None):
+        kwargs["num_cpus"] = args.num_cpus
+    return make_runner(backend, address=getattr(args, "address", None), progress=_progress(args), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- #
+# commands
+# --------------------------------------------------------------------------------------------- #
+def cmd_validate(args: argparse.Namespace) -> int:
+    from alseg.spec import load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as err:
+        print(f"{args.spec}: invalid job spec ({len(err.problems)} problem(s)):", file=sys.stderr)
+        for path, msg in err.problems:
+            print(f"  {path}: {msg}", file=sys.stderr)
+        return 2
+    if args.offline:
+        print(f"{args.spec}: valid (spec {spec.digest()}; input not checked: --offline)")
+        return 0
+    from alseg.preflight import preflight
+
+    report = preflight(spec)
+    if not report.ok:
+        print(f"{args.spec}: the spec does not fit its input ({len(report.problems)} problem(s)):", file=sys.stderr)
+        for path, msg in report.problems:
+            print(f"  {path}: {msg}", file=sys.stderr)
+        return 2
+    facts = ", ".join(f"{k}={v}" for k, v in report.facts.items())
+    print(f"{args.spec}: valid (spec {spec.digest()}); input: {facts}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from alseg.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from alseg.io.omezarr import list_labels, open_volume
+
+    vol = open_volume(args.url, level=args.level)
+    print(vol.summary())
+    names = list_labels(args.url)
+    print(f"  labels           : {', '.join(names) if names else 'none'}")
+    prov = vol.provenance()
+    if prov:
+        print(f"  made by          : {prov.get('generator', '?')}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from alseg.synth import SynthParams, write_synthetic
+
+    params = SynthParams.preset(args.difficulty, shape=args.shape, voxel_size_nm=args.voxel_size, seed=args.seed)
+    with _runner(args) as runner:
+        summary = write_synthetic(args.out, params, chunks=args.chunks, overwrite=args.overwrite, progress=_progress(args), runner=runner)
+    _print_summary("synthetic EM volume", summary)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from alseg.ingest import ingest, ingest_labels, open_source
+
+    source = open_source(args.source, dataset=args.dataset)
+    try:
+        vol = ingest(source, args.out, voxel_size_nm=args.voxel_size, chunks=args.chunks, overwrite=args.overwrite, progress=_progress(args))
+    finally:
+        source.close()
+    print(vol.summary())
+    if args.labels:
+        lsource = open_source(args.labels, dataset=args.labels_dataset)
+        try:
+            lab = ingest_labels(lsource, args.out, args.labels_name, overwrite=args.overwrite, progress=_progress(args))
+        finally:
+            lsource.close()
+        print(f"  labels '{args.labels_name}': {lab.shape} {lab.dtype}")
+    return 0
+
+
+def cmd_ingest_vnc(args: argparse.Namespace) -> int:
+    from alseg.ingest import ingest_vnc
+
+    summary = ingest_vnc(args.vnc_dir, args.out, overwrite=args.overwrite, progress=_progress(args), connectivity=args.connectivity)
+    _print_summary("VNC ssTEM stack", summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on its embedded default: today, a synthetic EM volume as OME-Zarr, checked and printed."""
+    from alseg.io.omezarr import list_labels, open_volume
+    from alseg.synth import SynthParams, ensure_synthetic
+
+    out = Path(args.dir) / "synthetic.zarr"
+    params = SynthParams.preset("medium", shape=(64, 512, 512), seed=args.seed)
+    print(f"alseg demo: synthetic EM volume {params.shape} (z, y, x) at {params.voxel_size_nm} nm -> {out}")
+    summary, reused = ensure_synthetic(out, params, overwrite=args.overwrite, progress=_progress(args))
+    if reused:
+        print("  (already there with the same parameters: reused; pass --overwrite to regenerate)")
+    # read it back through ome-zarr's own reader, as a viewer would
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = list(Reader(parse_url(str(out)))())
+    levels = len(nodes[0].data)
+    vol = open_volume(out)
+    print(vol.summary())
+    print(f"  pyramid levels   : {levels} (read back with ome-zarr's reader)")
+    print(f"  labels           : {', '.join(list_labels(out))}")
+    _print_summary("ground truth", {k: summary[k] for k in ("instances", "foreground_fraction")})
+    print(f"open in napari: napari --plugin napari-ome-zarr {out}")
+    return 0
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    print(f"{title}:")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        print(f"  {key:<20}: {value}")
+
+
+# --------------------------------------------------------------------------------------------- #
+# parser
+# --------------------------------------------------------------------------------------------- #
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alseg",
+        description="Active-learning segmentation of large 3D EM volumes (OME-Zarr in, OME-Zarr labels out).",
+        epilog="Storage credentials come from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, FSSPEC_*), never from specs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        p.set_defaults(func=fn)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return p
+
+    p = add("validate", cmd_validate, "check a YAML job spec (every error with its field path)",
+            "Validate a job spec: its fields (unknown fields, types, ranges, consistency), then, unless "
+            "--offline, the input it names (reachable, OME-Zarr, ground truth present, budget within the "
+            "candidate pool). Exits 2 on any problem.")
+    p.add_argument("spec", help="path of the YAML job spec")
+    p.add_argument("--offline", action="store_true", help="check the spec only, do not open its input")
+
+    add("schema", cmd_schema, "print the JSON schema of job specs")
+
+    p = add("info", cmd_info, "print the summary of an OME-Zarr image (shape, chunks, voxel size, labels)")
+    p.add_argument("url", help="OME-Zarr image: local path, s3://, gs://, http(s)://")
+    p.add_argument("--level", type=int, default=0, help="multiscale level (default 0)")
+
+    def add_output(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--chunks", nargs=3, type=int, metavar=("Z", "Y", "X"), default=(32, 256, 256), help="chunk shape (default 32 256 256)")
+        p.add_argument("--overwrite", action="store_true", help="replace an output that already holds data")
+
+    def add_backend(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backend", choices=("serial", "ray"), default="serial", help="where blocks run (default serial)")
+        p.add_argument("--address", default=None, help="existing Ray cluster address (default: start a local one on 127.0.0.1)")
+        p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray cluster")
+
+    p = add("synth", cmd_synth, "write a seeded synthetic EM volume with ground-truth mitochondria",
+            "Generate an EM-like volume (mitochondria with double membrane and cristae, cell membranes, "
+            "vesicles, dense bodies, blur, noise, slice drift) block by block, any size, as OME-Zarr with "
+            "ground-truth instances in labels/mitochondria.")
+    p.add_argument("out", help="output OME-Zarr (local path or URL)")
+    p.add_argument("--shape", nargs=3, type=int, metavar=("Z", "Y", "X"), default=(64, 512, 512))
+    p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), default=(30.0, 8.0, 8.0), help="nm (default MitoEM's 30 8 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", choices=("easy", "medium", "hard"), default="medium")
+    add_output(p)
+    add_backend(p)
+
+    p = add("ingest", cmd_ingest, "convert a TIFF/PNG/HDF5/.npy stack to OME-Zarr",
+            "Convert a multi-page TIFF, a folder of TIFF or PNG slices, an HDF5 dataset (file.h5:/path) or "
+            "a .npy array into OME-Zarr, slab by slab (bounded memory), with a pyramid.")
+    p.add_argument("source", help="input stack (file or folder of slices)")
+    p.add_argument("out", help="output OME-Zarr (local path or URL)")
+    p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), required=True, help="voxel size in nm")
+    p.add_argument("--dataset", default=None, help="HDF5 dataset (or give file.h5:/dataset)")
+    p.add_argument("--labels", default=None, help="a label stack of the same shape to store as labels/NAME")
+    p.add_argument("--labels-name", default="labels", help="name of the label image (default 'labels')")
+    p.add_argument("--labels-dataset", default=None, help="HDF5 dataset of the labels")
+    add_output(p)
+
+    p = add("ingest-vnc", cmd_ingest_vnc, "convert the Drosophila VNC ssTEM stack (raw + mitochondria) to OME-Zarr")
+    p.add_argument("vnc_dir", help="folder with raw/ and labels/ (e.g. ../shared/data/vnc)")
+    p.add_argument("out", help="output OME-Zarr")
+    p.add_argument("--connectivity", type=int, choices=(6, 26), default=26, help="3D connectivity of instances")
+    p.add_argument("--overwrite", action="store_true", help="replace an output that already holds data")
+
+    p = add("demo", cmd_demo, "run the demo on the embedded default (a synthetic EM volume)",
+            "The main job on an embedded default: writes a synthetic EM volume with ground truth as "
+            "OME-Zarr under DIR, reads it back with ome-zarr's reader and prints it. Rerunning reuses it.")
+    p.add_argument("--dir", default=DEMO_DIR, help=f"demo folder (default ./{DEMO_DIR})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="regenerate even if present")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except AlsegError as err:
+        if os.environ.get("ALSEG_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        # an unreachable object store leaves half-run client coroutines that complain at exit;
+        # the error above already says what happened
+        sys.unraisablehook = lambda _: None
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

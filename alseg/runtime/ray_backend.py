@@ -1,0 +1,185 @@
+"""The Ray backend: the only module of alseg that imports Ray.
+
+Functions run as Ray tasks with per-item resources; stateful workers (a model loaded once) run as
+Ray actors, one per GPU where the resources ask for GPUs. Work in flight is bounded with
+``ray.wait``; the function itself is put in the object store once. Failures (exceptions, a worker
+process killed) are retried here, uniformly with the serial backend, so Ray's own task retries are
+off (``max_retries=0``); a dead actor is replaced before its item is retried.
+
+Without an address a local Ray is started bound to 127.0.0.1 with the dashboard off; with one
+(``"auto"``, ``"host:port"``, ``"ray://host:10001"``) the runner joins that cluster. The runner
+shuts Ray down on :meth:`close` only if it started it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import deque
+from typing import Any
+
+from alseg.errors import DependencyError, WorkFailedError
+from alseg.runtime.base import ProgressCallback, Resources, Runner, WorkItem
+
+
+def _import_ray(*, local: bool = False):
+    # A local cluster must listen on 127.0.0.1 only. ray.init() turns "127.0.0.1" into the node's
+    # reachable address unless this (import-time) switch is off, so set it before the first import.
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError as err:  # pragma: no cover - ray is a hard dependency
+        raise DependencyError("the Ray backend needs ray: pip install 'ray[default]'") from err
+    return ray
+
+
+def _call(fn, payload):
+    return fn(payload)
+
+
+class RayRunner(Runner):
+    name = "ray"
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        retries: int = 2,
+        max_in_flight: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(retries=retries, max_in_flight=max_in_flight, progress=progress)
+        ray = _import_ray(local=address is None)
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": True}
+            if address is None:
+                kwargs.update(
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                )
+            else:
+                kwargs["address"] = address
+            ray.init(**kwargs)
+            self._started = True
+
+    # -- helpers ------------------------------------------------------------------------------ #
+    def _options(self, res: Resources) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+        if res.memory_bytes is not None:
+            opts["memory"] = res.memory_bytes
+        return opts
+
+    def _default_in_flight(self, res: Resources) -> int:
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        cluster = self._ray.cluster_resources()
+        fits = [cluster.get("CPU", 1.0) / res.cpus] if res.cpus > 0 else []
+        if res.gpus > 0:
+            fits.append(cluster.get("GPU", 0.0) / res.gpus)
+        slots = max(1, int(min(fits))) if fits else int(cluster.get("CPU", 1.0))
+        return 2 * slots
+
+    def put(self, obj: Any) -> Any:
+        return self._ray.put(obj)
+
+    def close(self) -> None:
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started = False
+
+    def _fail(self, item: WorkItem, attempts: int, err: BaseException, pending) -> None:
+        for ref in list(pending):
+            self._ray.cancel(ref, force=True)
+        cause = getattr(err, "cause", None) or err
+        raise WorkFailedError(item.key, attempts, f"{type(cause).__name__}: {cause}") from err
+
+    # -- functions as tasks ----------------------------------------------------------------- #
+    def _run_fn(self, fn, todo: list[WorkItem], resources: Resources, done: ProgressCallback, desc: str) -> None:
+        if not todo:
+            return
+        ray = self._ray
+        remote = ray.remote(max_retries=0, retry_exceptions=False)(_call)
+        fn_ref = ray.put(fn)
+        limit = self._default_in_flight(resources)
+        queue = deque((item, 1) for item in todo)
+        pending: dict[Any, tuple[WorkItem, int]] = {}
+        while queue or pending:
+            while queue and len(pending) < limit:
+                item, attempt = queue.popleft()
+                opts = self._options(item.resources or resources)
+                pending[remote.options(**opts).remote(fn_ref, item.payload)] = (item, attempt)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                item, attempt = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    if attempt <= self.retries:
+                        queue.appendleft((item, attempt + 1))
+                        continue
+                    self._fail(item, attempt, err, pending)
+                done(item, result)
+
+    # -- stateful workers as actors --------------------------------------------------------- #
+    def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc) -> None:
+        if not todo:
+            return
+        ray = self._ray
+
+        class _Worker:  # a thin actor shell around the user's plain class
+            def __init__(self, cls, args):
+                self.obj = cls(*args)
+
+            def run(self, payload):
+                return self.obj(payload)
+
+        actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(_Worker).options(**self._options(resources))
+        args_ref = ray.put(init_args)
+        n = min(workers, len(todo))
+        idle = deque(actor_cls.remote(worker_cls, args_ref) for _ in range(n))
+        queue = deque((item, 1) for item in todo)
+        pending: dict[Any, tuple[WorkItem, int, Any]] = {}
+        try:
+            while queue or pending:
+                while queue and idle:
+                    item, attempt = queue.popleft()
+                    actor = idle.popleft()
+                    pending[actor.run.remote(item.payload)] = (item, attempt, actor)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    item, attempt, actor = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as err:
+                        if isinstance(err, ray.exceptions.RayActorError):
+                            actor = actor_cls.remote(worker_cls, args_ref)  # replace the dead worker
+                        idle.append(actor)
+                        if attempt <= self.retries:
+                            queue.appendleft((item, attempt + 1))
+                            continue
+                        self._fail(item, attempt, err, pending)
+                    idle.append(actor)
+                    done(item, result)
+        finally:
+            for actor in list(idle) + [a for _, _, a in pending.values()]:
+                ray.kill(actor)
+
+
+def cluster_summary() -> dict[str, float]:
+    """Resources of the connected cluster (CPU, GPU, memory in GiB)."""
+    ray = _import_ray()
+    res = ray.cluster_resources()
+    return {
+        "CPU": res.get("CPU", 0.0),
+        "GPU": res.get("GPU", 0.0),
+        "memory_gib": math.floor(res.get("memory", 0.0) / 2**30 * 10) / 10,
+    }

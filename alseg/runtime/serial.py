@@ -1,0 +1,31 @@
+"""The serial backend: every item in this process, one after the other (tests, small data, GPUs without Ray)."""
+
+from __future__ import annotations
+
+from alseg.errors import WorkFailedError
+from alseg.runtime.base import ProgressCallback, Resources, Runner, WorkItem
+
+
+class SerialRunner(Runner):
+    name = "serial"
+
+    def _attempt(self, call, item: WorkItem):
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return call(item.payload)
+            except Exception as err:  # noqa: BLE001 - any failure of user work is retried, then reported
+                if attempt == attempts:
+                    raise WorkFailedError(item.key, attempts, f"{type(err).__name__}: {err}") from err
+        raise AssertionError("unreachable")
+
+    def _run_fn(self, fn, todo: list[WorkItem], resources: Resources, done: ProgressCallback, desc: str) -> None:
+        for item in todo:
+            done(item, self._attempt(fn, item))
+
+    def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc) -> None:
+        if not todo:
+            return
+        worker = worker_cls(*init_args)  # one in-process worker, whatever `workers` says
+        for item in todo:
+            done(item, self._attempt(worker, item))

@@ -1,0 +1,433 @@
+"""The job spec: one validated, immutable description of an alseg job.
+
+A YAML file is parsed once (:func:`load_spec`) into a frozen :class:`JobSpec` and passed down
+explicitly. Every model forbids unknown fields, so a typo is an error, not a silent default.
+Method choices are discriminated unions on a ``method`` field, each variant carrying only its own
+parameters. Defaults follow the paper's MitoEM set-up: 32 x 512 x 512 candidate patches,
+k-center greedy on cosine distance with 3 random initial picks, MAE with mask ratio 0.75.
+
+The spec never holds credentials: storage options come from the environment / fsspec
+configuration; a URL with an embedded password is rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alseg.errors import SpecError
+
+Shape3 = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+NonNeg3 = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+PosFloat3 = tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(url: str) -> str:
+    url = url.strip()
+    if not url:
+        raise ValueError("expected a path or URL, got an empty string")
+    parts = urlsplit(url)
+    if parts.password:
+        raise ValueError(
+            "credentials must not be written into the spec: remove the 'user:password@' part and "
+            "provide them through the environment or fsspec configuration"
+        )
+    return url
+
+
+# --------------------------------------------------------------------------------------------- #
+# input and run directory
+# --------------------------------------------------------------------------------------------- #
+class InputSpec(_Model):
+    """The volume to segment: an OME-Zarr image at any fsspec URL (local path, s3://, gs://, http(s)://)."""
+
+    url: str = Field(description="OME-Zarr image group (the folder holding the NGFF multiscales metadata)")
+    level: int = Field(0, ge=0, description="multiscale level to work on (0 = full resolution)")
+    ground_truth: str | None = Field(
+        None,
+        description="labels used for evaluation and by the simulated annotator: a label name inside "
+        "the image's 'labels' group, or the URL of a separate OME-Zarr label image",
+    )
+
+    _url = field_validator("url")(_check_url)
+
+
+class RunSpec(_Model):
+    """Where every artefact of the job goes."""
+
+    dir: str = Field(description="run directory (a local path or an fsspec URL); one per job")
+    overwrite: bool = Field(False, description="allow reusing a run directory that belongs to a different spec")
+    seed: int = Field(0, ge=0, description="master random seed; every stage derives its own from it")
+
+    _dir = field_validator("dir")(_check_url)
+
+
+# --------------------------------------------------------------------------------------------- #
+# patches
+# --------------------------------------------------------------------------------------------- #
+class FractionHoldout(_Model):
+    """Hold out a slab at one end of an axis (the paper kept MitoEM's last 500 slices for testing)."""
+
+    kind: Literal["fraction"] = "fraction"
+    axis: Literal["z", "y", "x"] = "z"
+    fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    side: Literal["start", "end"] = "end"
+
+
+class BoxHoldout(_Model):
+    """Hold out an explicit box ``[start, stop)`` in voxels."""
+
+    kind: Literal["box"] = "box"
+    start: NonNeg3
+    stop: Shape3
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BoxHoldout":
+        if any(b <= a for a, b in zip(self.start, self.stop)):
+            raise ValueError(f"holdout stop {self.stop} must exceed start {self.start} on every axis")
+        return self
+
+
+Holdout = Annotated[Union[FractionHoldout, BoxHoldout], Field(discriminator="kind")]
+
+
+class PatchSpec(_Model):
+    """The candidate-patch pool of active learning."""
+
+    shape_vox: Shape3 = Field((32, 512, 512), description="patch shape in voxels (z, y, x)")
+    edge: Literal["pad", "drop"] = Field("pad", description="keep partial edge patches (padded) or drop them")
+    holdout: Holdout | None = Field(
+        default_factory=FractionHoldout, description="evaluation region, never in the pool (null: none)"
+    )
+
+
+# --------------------------------------------------------------------------------------------- #
+# pseudo-labels
+# --------------------------------------------------------------------------------------------- #
+class _Linking(_Model):
+    link_iou: float = Field(0.3, gt=0.0, le=1.0, description="minimum IoU to link 2D instances between slices")
+    min_size_vox: int = Field(100, ge=0, description="3D instances smaller than this are dropped")
+
+
+class ClassicalPseudoLabel(_Linking):
+    """Weight-free EM default: denoise, local contrast, threshold dark organelles, watershed."""
+
+    method: Literal["classical"] = "classical"
+    denoise_sigma_vox: float = Field(1.5, ge=0.0)
+    contrast_window_vox: int = Field(127, gt=2, description="local-contrast (CLAHE) window in pixels")
+    threshold: Literal["otsu", "local"] = "otsu"
+    min_area_px: int = Field(50, ge=0)
+    watershed_min_distance_px: int = Field(8, ge=1)
+
+
+class CellSAMPseudoLabel(_Linking):
+    """CellSAM (installed from its repository; not on PyPI)."""
+
+    method: Literal["cellsam"] = "cellsam"
+    weights_path: str | None = Field(None, description="local weights file; else CellSAM's own token variable")
+    batch_size: int = Field(8, gt=0)
+    bbox_threshold: float = Field(0.4, gt=0.0, lt=1.0)
+
+
+class SAMPseudoLabel(_Linking):
+    """segment-anything's automatic mask generator from a local checkpoint."""
+
+    method: Literal["sam"] = "sam"
+    checkpoint: str = Field(description="local SAM checkpoint (.pth)")
+    model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    points_per_side: int = Field(32, gt=0)
+    pred_iou_thresh: float = Field(0.88, gt=0.0, lt=1.0)
+    batch_size: int = Field(4, gt=0)
+
+
+PseudoLabel = Annotated[
+    Union[ClassicalPseudoLabel, CellSAMPseudoLabel, SAMPseudoLabel], Field(discriminator="method")
+]
+
+
+# --------------------------------------------------------------------------------------------- #
+# nnU-Net
+# --------------------------------------------------------------------------------------------- #
+class PlanOverrides(_Model):
+    """Edits to nnU-Net's own plans before training (tests and CPU demos shrink the network)."""
+
+    patch_size_vox: Shape3 | None = None
+    batch_size: int | None = Field(None, gt=0)
+    features_per_stage: tuple[Annotated[int, Field(gt=0)], ...] | None = None
+    n_stages: int | None = Field(None, gt=0)
+
+
+class TrainingSpec(_Model):
+    epochs: int = Field(1000, gt=0)
+    iterations_per_epoch: int = Field(250, gt=0)
+    val_iterations_per_epoch: int = Field(50, ge=0)
+    learning_rate: float = Field(1e-2, gt=0.0)
+    final_validation: bool = True
+
+
+class NnUNetSpec(_Model):
+    configuration: Literal["3d_fullres", "3d_lowres", "2d"] = "3d_fullres"
+    boundary_class: bool = Field(False, description="add a boundary class to separate touching objects")
+    plan_overrides: PlanOverrides = Field(default_factory=PlanOverrides)
+    pretrain: TrainingSpec = Field(default_factory=TrainingSpec)
+    finetune: TrainingSpec = Field(default_factory=lambda: TrainingSpec(epochs=250, learning_rate=1e-3))
+
+
+# --------------------------------------------------------------------------------------------- #
+# embedding
+# --------------------------------------------------------------------------------------------- #
+class EmbeddingSpec(_Model):
+    """Self-supervised MAE on 2D slices of the candidate patches (timm ViT encoder)."""
+
+    backbone: str = Field("vit_tiny_patch16_224", description="timm model name of the encoder")
+    img_size_px: int = Field(224, gt=0, multiple_of=16)
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    epochs: int = Field(400, gt=0)
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(1.5e-4, gt=0.0)
+    slices_per_patch: int = Field(8, gt=0, description="evenly spaced slices embedded per 3D patch")
+    weights_path: str | None = Field(None, description="reuse a trained MAE checkpoint instead of training")
+
+
+# --------------------------------------------------------------------------------------------- #
+# selection
+# --------------------------------------------------------------------------------------------- #
+class _Budget(_Model):
+    budget: int = Field(128, gt=0, description="patches selected per active-learning round")
+    rounds: int = Field(1, gt=0)
+
+
+class KCenterSelection(_Budget):
+    method: Literal["kcenter"] = "kcenter"
+    initial: Literal["random", "annotated"] = "random"
+    n_initial: int = Field(3, ge=1, description="random initial picks (the paper's k = 3)")
+    distance: Literal["cosine", "euclidean"] = "cosine"
+
+
+class RandomSelection(_Budget):
+    method: Literal["random"] = "random"
+
+
+class KMeansSelection(_Budget):
+    method: Literal["kmeans"] = "kmeans"
+    iterations: int = Field(25, gt=0)
+
+
+class EntropySelection(_Budget):
+    method: Literal["entropy"] = "entropy"
+
+
+class LeastConfidenceSelection(_Budget):
+    method: Literal["least_confidence"] = "least_confidence"
+
+
+class BALDSelection(_Budget):
+    method: Literal["bald"] = "bald"
+    mode: Literal["mc_dropout", "tta"] = "mc_dropout"
+    samples: int = Field(8, gt=1)
+
+
+class HybridSelection(_Budget):
+    method: Literal["hybrid"] = "hybrid"
+    uncertainty: Literal["entropy", "least_confidence"] = "entropy"
+    shortlist_factor: int = Field(4, gt=1, description="k-center picks budget from the top factor x budget uncertain")
+
+
+Selection = Annotated[
+    Union[
+        KCenterSelection,
+        RandomSelection,
+        KMeansSelection,
+        EntropySelection,
+        LeastConfidenceSelection,
+        BALDSelection,
+        HybridSelection,
+    ],
+    Field(discriminator="method"),
+]
+
+
+# --------------------------------------------------------------------------------------------- #
+# annotation
+# --------------------------------------------------------------------------------------------- #
+class SimulatedAnnotation(_Model):
+    """An oracle that copies the ground truth of the selected patches (benchmarks)."""
+
+    method: Literal["simulated"] = "simulated"
+
+
+class ManualAnnotation(_Model):
+    """Export selected patches for napari / micro-SAM and import the labels people draw."""
+
+    method: Literal["manual"] = "manual"
+    export_format: Literal["tif", "zarr"] = "tif"
+    import_dir: str | None = Field(None, description="where annotated labels are read back from")
+
+
+Annotation = Annotated[Union[SimulatedAnnotation, ManualAnnotation], Field(discriminator="method")]
+
+
+# --------------------------------------------------------------------------------------------- #
+# prediction, post-processing, evaluation
+# --------------------------------------------------------------------------------------------- #
+class _Blockwise(_Model):
+    block_shape_vox: Shape3 = Field((64, 512, 512))
+    halo_vox: NonNeg3 = Field((8, 64, 64))
+
+    @model_validator(mode="after")
+    def _halo_fits(self) -> "_Blockwise":
+        if any(h > b for h, b in zip(self.halo_vox, self.block_shape_vox)):
+            raise ValueError(f"halo {self.halo_vox} is larger than the block {self.block_shape_vox} on some axis")
+        return self
+
+
+class PredictionSpec(_Blockwise):
+    mirroring: bool = False
+    gaussian_blending: bool = True
+    output: Literal["semantic", "probabilities"] = "semantic"
+
+
+class PostprocessSpec(_Blockwise):
+    halo_vox: NonNeg3 = Field((0, 0, 0))
+    connectivity: Literal[6, 26] = 26
+    min_size_vox: int = Field(500, ge=0)
+    watershed: Literal["none", "distance", "boundary"] = "none"
+
+
+class EvaluationSpec(_Model):
+    iou_thresholds: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (0.5, 0.75)
+
+    @field_validator("iou_thresholds")
+    @classmethod
+    def _non_empty(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v:
+            raise ValueError("expected at least one IoU threshold")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- #
+# resources
+# --------------------------------------------------------------------------------------------- #
+class StageResources(_Model):
+    """Per-worker resources of one stage, handed to Ray (never hard-coded in decorators)."""
+
+    cpus: float = Field(1.0, ge=0.0)
+    gpus: float = Field(0.0, ge=0.0)
+    memory_gb: float | None = Field(None, gt=0.0)
+    workers: int | None = Field(None, gt=0, description="concurrent workers (default: what the cluster fits)")
+
+
+class ResourcesSpec(_Model):
+    backend: Literal["serial", "ray"] = "serial"
+    ray_address: str | None = Field(None, description="existing cluster ('auto' or host:port); null starts a local one")
+    max_in_flight: int | None = Field(None, gt=0, description="bounded work in flight (default: 2 x workers)")
+    retries: int = Field(2, ge=0, description="retries per work item before the job fails naming it")
+    pseudolabel: StageResources = Field(default_factory=StageResources)
+    nnunet: StageResources = Field(default_factory=lambda: StageResources(cpus=4, gpus=1))
+    embedding: StageResources = Field(default_factory=lambda: StageResources(cpus=2, gpus=1))
+    prediction: StageResources = Field(default_factory=lambda: StageResources(cpus=2, gpus=1))
+    postprocess: StageResources = Field(default_factory=StageResources)
+
+
+# --------------------------------------------------------------------------------------------- #
+# the job
+# --------------------------------------------------------------------------------------------- #
+class JobSpec(_Model):
+    """A whole alseg job. Only ``input`` and ``run`` are required."""
+
+    version: Literal[1] = 1
+    name: str = Field("alseg-job", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    input: InputSpec
+    run: RunSpec
+    patches: PatchSpec = Field(default_factory=PatchSpec)
+    pseudolabel: PseudoLabel = Field(default_factory=ClassicalPseudoLabel)
+    nnunet: NnUNetSpec = Field(default_factory=NnUNetSpec)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    selection: Selection = Field(default_factory=KCenterSelection)
+    annotation: Annotation = Field(default_factory=SimulatedAnnotation)
+    prediction: PredictionSpec = Field(default_factory=PredictionSpec)
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JobSpec":
+        if isinstance(self.annotation, SimulatedAnnotation) and self.input.ground_truth is None:
+            raise ValueError("annotation.method 'simulated' needs input.ground_truth (the oracle's labels)")
+        sel = self.selection
+        if isinstance(sel, KCenterSelection) and sel.initial == "random" and sel.n_initial > sel.budget:
+            raise ValueError(f"selection.n_initial ({sel.n_initial}) exceeds selection.budget ({sel.budget})")
+        return self
+
+    def digest(self) -> str:
+        """A stable hash of the spec's content (defaults included), for provenance and caches."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- #
+# loading
+# --------------------------------------------------------------------------------------------- #
+def _path_of(loc: tuple[Any, ...]) -> str:
+    # pydantic puts the discriminator's tag in the location ("selection.kcenter.budget"); keep it,
+    # it tells which variant was being validated.
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def problems_of(err: ValidationError) -> list[tuple[str, str]]:
+    """``(field path, message)`` for every error pydantic found."""
+    out = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (not part of the spec: check its spelling)"
+        elif "input" in e and e["type"] not in ("missing",):
+            shown = repr(e["input"])
+            msg = f"{msg} (got {shown if len(shown) < 80 else shown[:77] + '...'})"
+        out.append((_path_of(e["loc"]), msg))
+    return out
+
+
+def parse_spec(data: Any, *, source: str = "<spec>") -> JobSpec:
+    """Validate a mapping into a :class:`JobSpec`, raising :class:`SpecError` with every problem."""
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{source}: expected a mapping of sections (input, run, ...), got {type(data).__name__}",
+            [("<root>", f"expected a mapping, got {type(data).__name__}")],
+        )
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        problems = problems_of(err)
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in problems)
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the job spec:\n{lines}", problems) from err
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a YAML job spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError as err:
+        raise SpecError(f"job spec {p} does not exist", [("<file>", "not found")]) from err
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise SpecError(f"job spec {p} cannot be read: {err}", [("<file>", str(err))]) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {err}", [("<yaml>", str(err))]) from err
+    return parse_spec(data, source=str(p))
+
+
+def json_schema() -> dict[str, Any]:
+    return JobSpec.model_json_schema()
