@@ -184,9 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path of the YAML job spec")
     p.add_argument("--offline", action="store_true", help="check the spec only, do not open its input")
 
-    add("schema", cmd_schema, "print the JSON schema of job specs")
+    add("schema", cmd_schema, "print the JSON schema of job specs",
+        "Print the JSON schema of the job spec: every section and field with its type, default, bounds and "
+        "description. Editors use it to complete and check YAML specs (e.g. yaml-language-server).")
 
-    p = add("info", cmd_info, "print the summary of an OME-Zarr image (shape, chunks, voxel size, labels)")
+    p = add("info", cmd_info, "print the summary of an OME-Zarr image (shape, chunks, voxel size, labels)",
+            "Open an OME-Zarr image lazily (metadata only) at a local path or URL and print its shape, dtype, "
+            "chunks, physical voxel size and extent, pyramid levels and label images.")
     p.add_argument("url", help="OME-Zarr image: local path, s3://, gs://, http(s)://")
     p.add_argument("--level", type=int, default=0, help="multiscale level (default 0)")
 
@@ -223,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-dataset", default=None, help="HDF5 dataset of the labels")
     add_output(p)
 
-    p = add("ingest-vnc", cmd_ingest_vnc, "convert the Drosophila VNC ssTEM stack (raw + mitochondria) to OME-Zarr")
+    p = add("ingest-vnc", cmd_ingest_vnc, "convert the Drosophila VNC ssTEM stack (raw + mitochondria) to OME-Zarr",
+            "Convert the Drosophila VNC ssTEM stack (20 x 1024 x 1024 at 50 x 4.6 x 4.6 nm) into OME-Zarr with "
+            "ground-truth mitochondria instances (labels == 191, 3D connected components) in labels/mitochondria.")
     p.add_argument("vnc_dir", help="folder with raw/ and labels/ (e.g. ../shared/data/vnc)")
     p.add_argument("out", help="output OME-Zarr")
     p.add_argument("--connectivity", type=int, choices=(6, 26), default=26, help="3D connectivity of instances")

@@ -1,0 +1,85 @@
+"""The ``alseg`` command line, run as a user would run it (a subprocess), plus in-process calls."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alseg.cli import build_parser, main
+
+
+def alseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alseg.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_help_explains_every_command():
+    res = alseg("--help")
+    assert res.returncode == 0
+    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "demo"):
+        assert cmd in res.stdout
+        sub = alseg(cmd, "--help")
+        assert sub.returncode == 0 and len(sub.stdout) > 200, cmd
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "demo"}
+
+
+def test_synth_info_and_refusal_to_overwrite(tmp_path):
+    out = tmp_path / "s.zarr"
+    res = alseg("synth", str(out), "--shape", "8", "64", "64", "--chunks", "8", "32", "32", "--seed", "1", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "instances" in res.stdout
+    info = alseg("info", str(out))
+    assert info.returncode == 0 and "(8, 64, 64)" in info.stdout and "mitochondria" in info.stdout
+    before = sorted(p.name for p in out.rglob("*"))
+    again = alseg("synth", str(out), "--shape", "8", "64", "64", "-q")
+    assert again.returncode == 1 and "already holds data" in again.stderr and "Traceback" not in again.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before, "a refused write changes nothing"
+    forced = alseg("synth", str(out), "--shape", "8", "32", "32", "--overwrite", "-q")
+    assert forced.returncode == 0 and "(8, 32, 32)" in alseg("info", str(out)).stdout
+
+
+def test_user_errors_exit_nonzero_without_traceback(tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros((16, 16), np.uint8))
+    res = alseg("ingest", str(tmp_path / "flat.npy"), str(tmp_path / "o.zarr"), "--voxel-size", "1", "1", "1")
+    assert res.returncode == 1 and "expected 3 axes zyx" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o.zarr").exists()
+    res = alseg("info", str(tmp_path / "nowhere.zarr"))
+    assert res.returncode == 1 and "does not exist" in res.stderr
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    res = alseg("info", str(tmp_path / "plain"))
+    assert res.returncode == 1 and "not an OME-Zarr image" in res.stderr
+    res = alseg("synth", str(tmp_path / "x.zarr"), "--shape", "0", "8", "8")
+    assert res.returncode == 2 and "shape" in res.stderr
+
+
+def test_ingest_command(tmp_path):
+    data = np.arange(6 * 20 * 20, dtype=np.uint16).reshape(6, 20, 20)
+    np.save(tmp_path / "v.npy", data)
+    np.save(tmp_path / "l.npy", (data % 7 == 0).astype(np.uint8))
+    res = alseg("ingest", str(tmp_path / "v.npy"), str(tmp_path / "v.zarr"), "--voxel-size", "30", "8", "8",
+                "--chunks", "2", "10", "10", "--labels", str(tmp_path / "l.npy"), "--labels-name", "mask", "-q")
+    assert res.returncode == 0, res.stderr
+    from alseg.io.omezarr import open_labels, open_volume
+
+    assert np.array_equal(open_volume(tmp_path / "v.zarr").read(), data)
+    assert np.array_equal(open_labels(tmp_path / "v.zarr", "mask").read(), data % 7 == 0)
+
+
+@pytest.mark.slow
+def test_demo_writes_a_volume_ome_zarr_opens_and_reruns_without_overwriting(tmp_path, capsys):
+    assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
+    first = capsys.readouterr().out
+    assert "pyramid levels   : 2" in first and "mitochondria" in first
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = list(Reader(parse_url(str(tmp_path / "synthetic.zarr")))())
+    assert tuple(nodes[0].data[0].shape) == (64, 512, 512)
+    stamp = (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns
+    assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns == stamp
