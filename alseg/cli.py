@@ -141,6 +141,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
+    import logging
+
+    logging.getLogger("ome_zarr").setLevel(logging.ERROR)  # it warns that a label has no parent: noise
     nodes = list(Reader(parse_url(str(out)))())
     levels = len(nodes[0].data)
     vol = open_volume(out)
