@@ -133,9 +133,17 @@ class Runner(ABC):
         resources: Resources | None = None,
         markers: CompletionMarkers | None = None,
         desc: str = "work",
+        weight: Callable[[WorkItem], int] | None = None,
+        unit: str = "item",
     ) -> dict[str, Any]:
-        """Apply ``fn(item.payload)`` to every item; ``{key: result}`` in item order."""
-        return self._map(items, markers, desc, lambda todo, done: self._run_fn(fn, todo, resources or Resources(), done, desc))
+        """Apply ``fn(item.payload)`` to every item; ``{key: result}`` in item order.
+
+        ``weight(item)`` (e.g. voxels of a block) with ``unit`` makes the progress bar count
+        work in that unit (rate and ETA) instead of items.
+        """
+        return self._map(
+            items, markers, desc, lambda todo, done: self._run_fn(fn, todo, resources or Resources(), done, desc), weight, unit
+        )
 
     def map_workers(
         self,
@@ -173,7 +181,15 @@ class Runner(ABC):
         self.close()
 
     # -- shared machinery ------------------------------------------------------------------- #
-    def _map(self, items: Iterable[WorkItem], markers: CompletionMarkers | None, desc: str, run) -> dict[str, Any]:
+    def _map(
+        self,
+        items: Iterable[WorkItem],
+        markers: CompletionMarkers | None,
+        desc: str,
+        run,
+        weight: Callable[[WorkItem], int] | None = None,
+        unit: str = "item",
+    ) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         items = list(items)
@@ -186,13 +202,27 @@ class Runner(ABC):
             recorded = markers.load()
             results.update({k: v for k, v in recorded.items() if k in set(keys)})
         todo = [i for i in items if i.key not in results]
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item", disable=not self.progress, leave=False)
+        w = weight or (lambda _: 1)
+        total = sum(w(i) for i in items)
+        bar = tqdm(
+            total=total,
+            initial=total - sum(w(i) for i in todo),
+            desc=desc,
+            unit=unit,
+            unit_scale=weight is not None,
+            disable=not self.progress,
+            leave=False,
+        )
+        n_done = [len(items) - len(todo)]
 
         def done(item: WorkItem, result: Any) -> None:
             if markers is not None:
                 markers.mark(item.key, result)
             results[item.key] = result
-            bar.update(1)
+            n_done[0] += 1
+            if weight is not None:
+                bar.set_postfix_str(f"{n_done[0]}/{len(items)} blocks", refresh=False)
+            bar.update(w(item))
 
         try:
             run(todo, done)

@@ -1,0 +1,1 @@
+"""Post-processing: 3D instances from masks, stitched across blocks (:mod:`alseg.postprocess.stitch`)."""
