@@ -23,13 +23,6 @@ def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False)
 
 
-def _triple(kind: type, name: str):
-    def parse(values: list[str]):
-        return tuple(kind(v) for v in values)
-
-    return parse
-
-
 def _runner(args: argparse.Namespace):
     from alseg.runtime import make_runner
 

@@ -199,8 +199,8 @@ class Runner(ABC):
             raise ValueError(f"work item keys must be unique; repeated: {dup}")
         results: dict[str, Any] = {}
         if markers is not None:
-            recorded = markers.load()
-            results.update({k: v for k, v in recorded.items() if k in set(keys)})
+            wanted = set(keys)
+            results.update({k: v for k, v in markers.load().items() if k in wanted})
         todo = [i for i in items if i.key not in results]
         w = weight or (lambda _: 1)
         total = sum(w(i) for i in items)
