@@ -222,8 +222,6 @@ def ingest(
     name: str = "image",
 ):
     """Write ``source`` as a new OME-Zarr image at ``url``; returns the opened :class:`Volume`."""
-    from tqdm.auto import tqdm
-
     from alseg.io.omezarr import build_pyramid, create_image, open_volume
 
     url = os.fspath(url)

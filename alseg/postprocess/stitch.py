@@ -29,7 +29,7 @@ from alseg.blockwise import check_aligned, run_blocks
 from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid, Box
 from alseg.io import store as st
-from alseg.runtime import Runner, SerialRunner
+from alseg.runtime import Runner, SerialRunner, get_shared
 
 Connectivity = Literal[6, 26]
 
@@ -140,14 +140,14 @@ class _RelabelJob:
     scratch: str
     output: str
     block: Block
-    keys: Any  # sorted provisional ids (numpy, or a Ray object reference to it)
+    keys: Any  # sorted provisional ids, as returned by Runner.put
     values: Any
 
 
 def _relabel_block(job: _RelabelJob) -> dict[str, Any]:
     from alseg.io.omezarr import open_volume
 
-    keys, values = _resolve(job.keys), _resolve(job.values)
+    keys, values = get_shared(job.keys), get_shared(job.values)
     prov = np.asarray(_open_scratch(job.scratch, mode="r")[job.block.write.slices])
     out = np.zeros(prov.shape, dtype=values.dtype)
     fg = prov > 0
@@ -157,14 +157,6 @@ def _relabel_block(job: _RelabelJob) -> dict[str, Any]:
     target = open_volume(job.output, mode="r+")
     target.write(job.block.write, out.astype(target.dtype, copy=False))
     return {"objects": int(np.unique(out[out > 0]).size)}
-
-
-def _resolve(obj: Any) -> Any:
-    if type(obj).__name__ == "ObjectRef":
-        import ray
-
-        return ray.get(obj)
-    return obj
 
 
 def _open_scratch(url: str, *, mode: str):

@@ -5,12 +5,25 @@ Only :mod:`alseg.runtime.ray_backend` imports Ray, and only when a Ray runner is
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from alseg.runtime.base import CompletionMarkers, Resources, Runner, WorkItem
 from alseg.runtime.serial import SerialRunner
 
-__all__ = ["CompletionMarkers", "Resources", "Runner", "SerialRunner", "WorkItem", "make_runner"]
+__all__ = ["CompletionMarkers", "Resources", "Runner", "SerialRunner", "WorkItem", "get_shared", "make_runner"]
+
+
+def get_shared(handle: Any) -> Any:
+    """The object behind a :meth:`Runner.put` handle, inside a work function.
+
+    Ray resolves object references only when they are direct arguments of a task; handles
+    nested in a payload come here. Serial handles are the objects themselves.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and isinstance(handle, ray.ObjectRef):
+        return ray.get(handle)
+    return handle
 
 
 def make_runner(

@@ -76,15 +76,13 @@ def u_shape() -> np.ndarray:
 
 def spiral() -> np.ndarray:
     m = np.zeros((4, 64, 64), bool)
-    lo, hi, y, x = 2, 61, 2, 2
-    step = 0
+    lo, hi = 2, 61
     while lo < hi:
         m[1:3, lo, lo:hi] = True
         m[1:3, lo:hi, hi - 1] = True
         m[1:3, hi - 1, lo + 4:hi] = True
         m[1:3, lo + 4:hi, lo + 4] = True
         lo, hi = lo + 8, hi - 4
-        step += 1
     return m
 
 
