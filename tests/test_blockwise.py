@@ -84,7 +84,10 @@ def test_worker_killed_mid_block_output_is_byte_identical(tmp_path, ray_cluster)
 
 
 @pytest.mark.slow
-def test_driver_stopped_half_way_then_rerun_skips_finished_blocks(tmp_path):
+@pytest.mark.parametrize("backend", ["serial", pytest.param("ray", marks=pytest.mark.ray)])
+def test_driver_stopped_half_way_then_rerun_skips_finished_blocks(tmp_path, backend, request):
+    import psutil
+
     src, _ = volume(tmp_path)
     clean = output(tmp_path, "clean.zarr")
     map_volume(work.smooth, [src], clean, block_shape=(4, 16, 16), halo=HALO, fn_kwargs={"sigma": SIGMA})
@@ -92,26 +95,41 @@ def test_driver_stopped_half_way_then_rerun_skips_finished_blocks(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "calls.log"
     helpers = Path(work.__file__).parent
+    runner = "None" if backend == "serial" else "RayRunner(num_cpus=2, progress=False)"
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(helpers)!r})
         import blockwise_work as work
         from alseg.blockwise import map_volume
-        map_volume(work.smooth_logged, [{src!r}], {target!r}, block_shape=(4, 16, 16), halo={HALO!r},
+        from alseg.runtime.ray_backend import RayRunner
+        map_volume(work.smooth_logged, [{src!r}], {target!r}, block_shape=(4, 16, 16), halo={HALO!r}, runner={runner},
                    work_dir={str(run_dir)!r}, name="smooth", fn_kwargs={{"sigma": {SIGMA}, "log": {str(log)!r}, "delay": 0.3}})
     """)
-    driver = subprocess.Popen([sys.executable, "-c", script])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(helpers), os.environ.get("PYTHONPATH", "")]))
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env)
     markers = run_dir / "smooth"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(markers.glob("*.json"))) < 5:
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(markers.glob("*.json"))) < 5 and driver.poll() is None:
         time.sleep(0.05)
+    tree = psutil.Process(driver.pid).children(recursive=True)  # the driver's own Ray processes, if any
     os.kill(driver.pid, signal.SIGKILL)  # the driver dies half-way, without any clean-up
     driver.wait()
+    # what the dead driver started is stopped by its process ids, nothing else
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if backend == "ray":
+        assert tree, "the Ray driver started worker processes"
     done_before = len(list(markers.glob("*.json")))
     total = 3 * 4 * 3
     assert 5 <= done_before < total
     log.write_text("")
+    rerun = request.getfixturevalue("ray_cluster") if backend == "ray" else None
     map_volume(work.smooth_logged, [src], target, block_shape=(4, 16, 16), halo=HALO, work_dir=run_dir, name="smooth",
-               fn_kwargs={"sigma": SIGMA, "log": str(log)})
+               runner=rerun, fn_kwargs={"sigma": SIGMA, "log": str(log)})
     computed = len(log.read_text().split())
     assert computed == total - done_before, "the rerun computes exactly the blocks without a record"
     assert chunk_bytes(target) == chunk_bytes(clean)

@@ -2,21 +2,25 @@
 
 Three passes through the blockwise engine, each resumable:
 
-1. **label**: every block labels its own foreground (6- or 26-connectivity) and writes
-   provisional ids made globally unique by an offset (``block index x block voxels``, so no
-   coordination is needed) into a scratch uint64 array; it returns the size of each component;
-2. **faces**: for every boundary plane between blocks, the two voxel planes on either side (grown
-   by one voxel in-plane for 26-connectivity, so neighbours across block edges and corners are
-   seen) give pairs of provisional ids that touch; a union-find in the driver merges them;
+1. **label**: every block labels its own foreground (6- or 26-connectivity) into a scratch array
+   of local ids ``1..n`` (uint32); its provisional global ids are the local ones plus an offset
+   (``block index x block voxels``, so no coordination is needed). It also copies the global ids
+   of its faces that touch other blocks into thin *plane* arrays (one per axis, holding only the
+   two voxel planes on either side of every block boundary) and returns its component sizes;
+2. **faces**: for every boundary between blocks, the two planes (grown by one voxel in-plane for
+   26-connectivity, so neighbours across block edges and corners are seen) give pairs of
+   provisional ids that touch; a union-find in the driver merges them. This pass reads only the
+   plane arrays, a small fraction of the volume;
 3. **relabel**: merged objects get consecutive ids (ordered by their smallest provisional id, so
    the numbering is deterministic), objects smaller than ``min_size_vox`` *after merging* become
-   background, and every block writes its final labels.
+   background, and every block maps its local ids through a lookup table into the output.
 
 The driver holds only per-object tables (sizes, merges, the id map), never voxel data.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,9 +76,48 @@ class UnionFind:
 # the three passes (module-level functions: they run in workers)
 # --------------------------------------------------------------------------------------------- #
 @dataclass(frozen=True)
+class _Layout:
+    """Where the passes keep their scratch data under the work directory."""
+
+    work: str
+    shape: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+
+    @property
+    def local(self) -> str:
+        """Per-block labels ``1..n`` (uint32), chunked like the blocks."""
+        return st.join(self.work, "local.zarr")
+
+    def planes(self, axis: int) -> str:
+        """For every block boundary along ``axis``, the global provisional ids of the two voxel planes on
+        either side of it (uint64): plane ``2 i`` is the last plane of block row ``i``, plane ``2 i + 1``
+        the first of row ``i + 1``. Chunked so that each chunk is one block face."""
+        return st.join(self.work, f"planes-{'zyx'[axis]}.zarr")
+
+    def boundaries(self, axis: int) -> int:
+        return -(-self.shape[axis] // self.block_shape[axis]) - 1
+
+    def plane_shape(self, axis: int) -> tuple[int, ...]:
+        shape = list(self.shape)
+        shape[axis] = 2 * self.boundaries(axis)
+        return tuple(shape)
+
+    def plane_chunks(self, axis: int) -> tuple[int, ...]:
+        chunks = list(self.block_shape)
+        chunks[axis] = 1
+        return tuple(chunks)
+
+    def open_local(self, mode: str):
+        return _open_zarr(self.local, mode, self.shape, self.block_shape)
+
+    def open_planes(self, axis: int, mode: str):
+        return _open_zarr(self.planes(axis), mode, self.plane_shape(axis), self.plane_chunks(axis))
+
+
+@dataclass(frozen=True)
 class _LabelJob:
     mask: str
-    scratch: str
+    layout: _Layout
     block: Block
     offset: int
     connectivity: int
@@ -82,44 +125,64 @@ class _LabelJob:
 
 
 def _label_block(job: _LabelJob) -> dict[str, Any]:
+    """Label one block; keep its labels and the global ids on its faces that touch other blocks."""
     from alseg.io.omezarr import open_volume
 
     fg = open_volume(job.mask).read(job.block.write) > job.threshold
-    local, n = ndimage.label(fg, structure=structure(job.connectivity), output=np.int64)
-    prov = np.where(local > 0, local.astype(np.uint64) + np.uint64(job.offset), np.uint64(0))
-    _open_scratch(job.scratch, mode="r+")[job.block.write.slices] = prov
+    local = np.empty(fg.shape, dtype=np.int32)
+    n = ndimage.label(fg, structure=structure(job.connectivity), output=local)
+    local = local.view(np.uint32)
+    lay, box = job.layout, job.block.write
+    # faces first: the local labels are the completion of this block, written last
+    for axis in range(3):
+        row = box.start[axis] // lay.block_shape[axis]
+        ends = []
+        if box.start[axis] > 0:
+            ends.append((0, 2 * row - 1))
+        if box.stop[axis] < lay.shape[axis]:
+            ends.append((box.shape[axis] - 1, 2 * row))
+        if not ends:
+            continue
+        planes = lay.open_planes(axis, "r+")
+        for src, dst in ends:
+            face = np.take(local, [src], axis=axis).astype(np.uint64)
+            face[face > 0] += np.uint64(job.offset)
+            sel = list(box.slices)
+            sel[axis] = slice(dst, dst + 1)
+            planes[tuple(sel)] = face
+    lay.open_local("r+")[box.slices] = local
     sizes = np.bincount(local.ravel(), minlength=n + 1)[1:]
-    return {"ids": [job.offset + i + 1 for i in range(n)], "sizes": [int(s) for s in sizes]}
+    return {"first": job.offset + 1, "sizes": [int(s) for s in sizes]}
 
 
 @dataclass(frozen=True)
 class _FaceJob:
-    scratch: str
-    shape: tuple[int, int, int]
+    layout: _Layout
     block: Block
     connectivity: int
 
 
 def _face_pairs(job: _FaceJob) -> dict[str, Any]:
-    """Pairs of provisional ids touching across the block's upper faces."""
-    scratch = _open_scratch(job.scratch, mode="r")
+    """Pairs of provisional ids touching across the block's upper faces (edges and corners included
+    for 26-connectivity: the planes are read grown by one voxel in-plane)."""
+    lay, box = job.layout, job.block.write
     pairs: set[tuple[int, int]] = set()
     grow = 1 if job.connectivity == 26 else 0
     for axis in range(3):
-        b = job.block.write.stop[axis]
-        if b >= job.shape[axis]:
+        if box.stop[axis] >= lay.shape[axis]:
             continue
-        start = [max(0, s - grow) for s in job.block.write.start]
-        stop = [min(n, e + grow) for e, n in zip(job.block.write.stop, job.shape)]
-        start[axis], stop[axis] = b - 1, b + 1
-        slab = np.asarray(scratch[Box(tuple(start), tuple(stop)).slices])
+        row = box.start[axis] // lay.block_shape[axis]
+        start = [max(0, s - grow) for s in box.start]
+        stop = [min(n, e + grow) for e, n in zip(box.stop, lay.shape)]
+        start[axis], stop[axis] = 2 * row, 2 * row + 2
+        slab = np.asarray(lay.open_planes(axis, "r")[Box(tuple(start), tuple(stop)).slices])
         lower = np.take(slab, 0, axis=axis)
         upper = np.take(slab, 1, axis=axis)
         # in-plane offsets between the two planes: only (0, 0) for 6-connectivity
         shifts = [(0, 0)] if job.connectivity == 6 else [(du, dv) for du in (-1, 0, 1) for dv in (-1, 0, 1)]
         for du, dv in shifts:
             a, c = _shifted(lower, upper, du, dv)
-            both = (a > 0) & (c > 0) & (a != c)
+            both = (a > 0) & (c > 0)
             if both.any():
                 for p in np.unique(np.stack([a[both], c[both]], axis=1), axis=0):
                     pairs.add((int(p[0]), int(p[1])))
@@ -137,9 +200,11 @@ def _shifted(lower: np.ndarray, upper: np.ndarray, du: int, dv: int) -> tuple[np
 
 @dataclass(frozen=True)
 class _RelabelJob:
-    scratch: str
+    layout: _Layout
     output: str
     block: Block
+    first: int  # the block's first provisional id
+    count: int  # its number of local components
     keys: Any  # sorted provisional ids, as returned by Runner.put
     values: Any
 
@@ -148,42 +213,57 @@ def _relabel_block(job: _RelabelJob) -> dict[str, Any]:
     from alseg.io.omezarr import open_volume
 
     keys, values = get_shared(job.keys), get_shared(job.values)
-    prov = np.asarray(_open_scratch(job.scratch, mode="r")[job.block.write.slices])
-    out = np.zeros(prov.shape, dtype=values.dtype)
-    fg = prov > 0
-    if fg.any():
-        idx = np.searchsorted(keys, prov[fg])
-        out[fg] = values[idx]
+    local = np.asarray(job.layout.open_local("r")[job.block.write.slices])
+    at = int(np.searchsorted(keys, job.first))
+    # the block's ids are first .. first + count - 1, consecutive in the sorted keys
+    lut = np.zeros(job.count + 1, dtype=values.dtype)
+    lut[1:] = values[at:at + job.count]
+    out = lut[local]
     target = open_volume(job.output, mode="r+")
     target.write(job.block.write, out.astype(target.dtype, copy=False))
-    return {"objects": int(np.unique(out[out > 0]).size)}
+    return {"objects": int(np.count_nonzero(np.unique(lut)))}
 
 
-def _open_scratch(url: str, *, mode: str):
+@functools.lru_cache(maxsize=16)
+def _open_zarr(url: str, mode: str, shape: tuple[int, ...], chunks: tuple[int, ...]):
+    """A worker opens each scratch array once; the key holds the geometry, so an array recreated
+    at the same place with another geometry is opened afresh."""
     import zarr
 
-    return zarr.open_array(st.zarr_store(url, read_only=(mode == "r")), mode=mode)
+    arr = zarr.open_array(st.zarr_store(url, read_only=(mode == "r")), mode=mode)
+    if tuple(arr.shape) != shape or tuple(arr.chunks) != chunks:
+        raise SpecError(f"scratch array {st.redact(url)} has shape {arr.shape} and chunks {arr.chunks}, expected {shape} and {chunks}: "
+                        "the work directory belongs to another run; use a fresh one")
+    return arr
 
 
 # --------------------------------------------------------------------------------------------- #
 # the driver
 # --------------------------------------------------------------------------------------------- #
 def relabel_table(label_results: dict[str, Any], face_results: dict[str, Any], *, min_size_vox: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(provisional ids, final ids, object count)`` from the per-block sizes and the face pairs."""
-    uf = UnionFind()
-    ids: list[int] = []
-    sizes: list[int] = []
+    """``(provisional ids, final ids, object count)`` from the per-block sizes and the face pairs.
+
+    Only ids that touch a block face enter the union-find; every other component is its own object,
+    so the Python work grows with the number of merges, not the number of components.
+    """
+    firsts, sizes = [], []
     for r in label_results.values():
-        ids.extend(r["ids"])
-        sizes.extend(r["sizes"])
+        n = len(r["sizes"])
+        firsts.append(np.arange(r["first"], r["first"] + n, dtype=np.uint64))
+        sizes.append(np.asarray(r["sizes"], dtype=np.int64))
+    keys = np.concatenate(firsts) if firsts else np.zeros(0, np.uint64)
+    size_arr = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys, size_arr = keys[order], size_arr[order]
+    uf = UnionFind()
     for r in face_results.values():
         for a, b in r["pairs"]:
             uf.union(a, b)
-    keys = np.asarray(ids, dtype=np.uint64)
-    order = np.argsort(keys)
-    keys = keys[order]
-    size_arr = np.asarray(sizes, dtype=np.int64)[order]
-    roots = np.asarray([uf.find(int(k)) for k in keys], dtype=np.uint64)
+    roots = np.arange(len(keys))
+    if uf.parent:
+        members = np.fromiter(uf.parent, dtype=np.uint64, count=len(uf.parent))
+        heads = np.fromiter((uf.find(int(m)) for m in members), dtype=np.uint64, count=len(members))
+        roots[np.searchsorted(keys, members)] = np.searchsorted(keys, heads)
     # objects: total size and smallest member per root
     uniq_roots, inverse = np.unique(roots, return_inverse=True)
     total = np.bincount(inverse, weights=size_arr, minlength=len(uniq_roots)).astype(np.int64)
@@ -217,8 +297,6 @@ def label_components(
     objects smaller than ``min_size_vox``; ``work_dir`` holds the scratch array and the
     completion records of the three passes, so an interrupted run resumes.
     """
-    import zarr
-
     from alseg.io.omezarr import open_volume
 
     runner = runner or SerialRunner(progress=False)
@@ -232,18 +310,24 @@ def label_components(
         raise SpecError(f"output labels need an unsigned integer dtype, got {out.dtype}")
     grid = BlockGrid(mask.shape, block_shape, 0)
     check_aligned(grid.block_shape, out.chunks, mask.shape)
-    scratch = st.join(work, "provisional.zarr")
-    if not st.exists(st.join(scratch, "zarr.json")):
-        zarr.create_array(st.zarr_store(scratch, read_only=False), shape=mask.shape, chunks=grid.block_shape, dtype="uint64", fill_value=0)
+    if int(np.prod(grid.block_shape)) >= 2**31:
+        raise SpecError(f"blocks of {grid.block_shape} voxels are too large to label (at most 2**31 - 1 voxels per block)")
+    lay = _Layout(work, tuple(mask.shape), tuple(grid.block_shape))
+    _create_scratch(lay.local, lay.shape, lay.block_shape, "uint32")
+    for axis in range(3):
+        if lay.boundaries(axis) > 0:
+            _create_scratch(lay.planes(axis), lay.plane_shape(axis), lay.plane_chunks(axis), "uint64")
+            lay.open_planes(axis, "r")  # a work directory left by another geometry fails here, not in workers
+    lay.open_local("r")
     stride = int(np.prod(grid.block_shape))
     linear = {b.key: i for i, b in enumerate(grid)}
     labelled = run_blocks(
         _label_block, grid,
-        payload=lambda b: _LabelJob(mask_url, scratch, b, linear[b.key] * stride, connectivity, threshold),
+        payload=lambda b: _LabelJob(mask_url, lay, b, linear[b.key] * stride, connectivity, threshold),
         runner=runner, work_dir=work, name="label", desc="label blocks",
     )
     faces = run_blocks(
-        _face_pairs, grid, payload=lambda b: _FaceJob(scratch, mask.shape, b, connectivity),
+        _face_pairs, grid, payload=lambda b: _FaceJob(lay, b, connectivity),
         runner=runner, work_dir=work, name="faces", desc="merge faces",
     )
     keys, values, count = relabel_table(labelled, faces, min_size_vox=min_size_vox)
@@ -251,7 +335,16 @@ def label_components(
         raise SpecError(f"{count} objects do not fit the output dtype {out.dtype}: use uint64 labels")
     keys_ref, values_ref = runner.put(keys), runner.put(values)
     run_blocks(
-        _relabel_block, grid, payload=lambda b: _RelabelJob(scratch, output_url, b, keys_ref, values_ref),
+        _relabel_block, grid,
+        payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], len(labelled[b.key]["sizes"]), keys_ref, values_ref),
         runner=runner, work_dir=work, name="relabel", desc="relabel blocks",
     )
     return {"objects": count, "provisional": int(len(keys)), "merges": sum(len(r["pairs"]) for r in faces.values())}
+
+
+def _create_scratch(url: str, shape: Sequence[int], chunks: Sequence[int], dtype: str) -> None:
+    """Create a scratch array unless a previous (interrupted) run left it."""
+    import zarr
+
+    if not st.exists(st.join(url, "zarr.json")):
+        zarr.create_array(st.zarr_store(url, read_only=False), shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0)

@@ -155,3 +155,12 @@ def test_on_ray_equals_serial(tmp_path, ray_cluster):
     distributed, _ = stitch(tmp_path, mask, (8, 16, 16), runner=ray_cluster, name="ray")
     assert np.array_equal(serial, distributed)
     assert same_partition(distributed, oracle(mask, 26))
+
+
+def test_work_dir_of_another_geometry_is_refused(tmp_path):
+    mask = random_blobs((16, 32, 32), seed=5)
+    stitch(tmp_path, mask, (8, 16, 16), name="a")
+    out = create_labels(str(tmp_path / "mask.zarr"), "b", chunks=(8, 8, 8))
+    with pytest.raises(SpecError, match="another run"):
+        label_components(str(tmp_path / "mask.zarr"), out.url, block_shape=(8, 8, 8), work_dir=tmp_path / "work-a")
+    assert not open_volume(out.url).read().any(), "nothing was written"
