@@ -251,7 +251,7 @@ def ingest_labels(
     dtype = np.uint64 if source.dtype.itemsize == 8 else np.uint32
     labels = create_labels(image_url, name, dtype=dtype, overwrite=overwrite)
     _write_slabs(source, labels, progress, desc=f"ingest labels {source.path.name}")
-    build_pyramid(st.join(os.fspath(image_url), "labels", name), kind="nearest", progress=progress)
+    build_pyramid(st.join(os.fspath(image_url), "labels", name), kind="mode", progress=progress)
     return open_volume(st.join(os.fspath(image_url), "labels", name))
 
 
@@ -318,7 +318,7 @@ def ingest_vnc(
     instances, count = ndimage.label(mask, structure=structure, output=np.uint32)
     labels = create_labels(url, labels_name, dtype="uint32", chunks=chunks, overwrite=overwrite)
     labels.write(labels.bounds, instances)
-    build_pyramid(st.join(os.fspath(url), "labels", labels_name), kind="nearest", progress=progress)
+    build_pyramid(st.join(os.fspath(url), "labels", labels_name), kind="mode", progress=progress)
     return {
         "url": os.fspath(url),
         "shape": image.shape,

@@ -437,10 +437,10 @@ def write_synthetic(
     items = [WorkItem(b.key, (url, labels_name, params, b.write)) for b in grid]
     runner = runner or SerialRunner(progress=progress)
     results = runner.map(_write_block, items, desc="synthesising blocks")
-    build_pyramid(url, kind="mean", progress=progress)
     from alseg.io import store as st
 
-    build_pyramid(st.join(url, "labels", labels_name), kind="nearest", progress=progress)
+    build_pyramid(url, kind="mean", runner=runner, progress=progress)
+    build_pyramid(st.join(url, "labels", labels_name), kind="mode", runner=runner, progress=progress)
     ids: set[int] = set()
     fg = 0
     for r in results.values():

@@ -290,14 +290,16 @@ def label_components(
     min_size_vox: int = 0,
     threshold: float = 0,
     runner: Runner | None = None,
+    pyramid: bool = True,
 ) -> dict[str, Any]:
     """Instances of ``mask > threshold`` written to the existing label volume ``output_url``.
 
     Equal, up to renumbering, to ``scipy.ndimage.label`` on the whole mask followed by removing
     objects smaller than ``min_size_vox``; ``work_dir`` holds the scratch array and the
-    completion records of the three passes, so an interrupted run resumes.
+    completion records of the three passes, so an interrupted run resumes. With ``pyramid``, the
+    output's lower levels are filled too (mode downsampling), so viewers open it quickly.
     """
-    from alseg.io.omezarr import open_volume
+    from alseg.io.omezarr import build_pyramid, open_volume
 
     runner = runner or SerialRunner(progress=False)
     mask_url, output_url, work = os.fspath(mask_url), os.fspath(output_url), os.fspath(work_dir)
@@ -339,6 +341,8 @@ def label_components(
         payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], len(labelled[b.key]["sizes"]), keys_ref, values_ref),
         runner=runner, work_dir=work, name="relabel", desc="relabel blocks",
     )
+    if pyramid and len(out.level_paths) > 1:
+        build_pyramid(output_url, kind="mode", runner=runner, work_dir=work)
     return {"objects": count, "provisional": int(len(keys)), "merges": sum(len(r["pairs"]) for r in faces.values())}
 
 

@@ -164,3 +164,19 @@ def test_work_dir_of_another_geometry_is_refused(tmp_path):
     with pytest.raises(SpecError, match="another run"):
         label_components(str(tmp_path / "mask.zarr"), out.url, block_shape=(8, 8, 8), work_dir=tmp_path / "work-a")
     assert not open_volume(out.url).read().any(), "nothing was written"
+
+
+def test_output_pyramid_is_filled_by_mode(tmp_path):
+    from alseg.io.omezarr import downsample
+
+    mask = random_blobs((8, 64, 64), seed=6)
+    # a two-level image: its label images get two levels too
+    img = create_image(tmp_path / "two.zarr", shape=mask.shape, dtype="uint8", chunks=(4, 16, 16), voxel_size_nm=(8, 8, 8), levels=2)
+    img.write(img.bounds, mask.astype(np.uint8))
+    out = create_labels(img.url, "inst", chunks=(4, 16, 16))
+    label_components(img.url, out.url, block_shape=(4, 32, 32), work_dir=tmp_path / "w")
+    full = open_volume(out.url).read()
+    lower = open_volume(out.url, level=1)
+    assert lower.shape == (4, 32, 32)
+    assert np.array_equal(lower.read(), downsample(full, (2, 2, 2), kind="mode"))
+    assert lower.read().any()
