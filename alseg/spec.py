@@ -301,7 +301,10 @@ class PostprocessSpec(_Blockwise):
     halo_vox: NonNeg3 = Field((0, 0, 0))
     connectivity: Literal[6, 26] = 26
     min_size_vox: int = Field(500, ge=0)
-    watershed: Literal["none", "distance", "boundary"] = "none"
+    watershed: Literal["none", "distance", "boundary"] = Field(
+        "none", description="split touching objects: seeded watershed on the distance transform or a boundary map")
+    seed_distance_nm: float = Field(50.0, gt=0.0, description="distance watershed: seeds lie at least this deep inside objects")
+    boundary_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="boundary watershed: seeds lie where the boundary map is below this")
 
 
 class EvaluationSpec(_Model):
