@@ -27,7 +27,7 @@ import numpy as np
 
 from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid
-from alseg.runtime import CompletionMarkers, Runner, SerialRunner, WorkItem
+from alseg.runtime import CompletionMarkers, Resources, Runner, SerialRunner, WorkItem
 
 ArrayFn = Callable[..., np.ndarray]
 
@@ -43,7 +43,7 @@ def check_aligned(block_shape: Sequence[int], chunks: Sequence[int], shape: Sequ
 
 
 def run_blocks(
-    fn: Callable[[Any], Any],
+    fn: Callable[[Any], Any] | None,
     grid: BlockGrid,
     *,
     payload: Callable[[Block], Any],
@@ -51,18 +51,27 @@ def run_blocks(
     work_dir: str | os.PathLike[str] | None = None,
     name: str = "blocks",
     desc: str | None = None,
+    worker: tuple[type, tuple[Any, ...]] | None = None,
+    workers: int = 1,
+    resources: Resources | None = None,
 ) -> dict[str, Any]:
     """Run ``fn(payload(block))`` for every block of ``grid``; ``{block key: result}``.
 
     With ``work_dir``, completion records go to ``work_dir/name`` and a rerun skips finished
     blocks (``fn`` must make its output durable before it returns, and return JSON-serialisable
-    results).
+    results). With ``worker=(cls, init_args)`` instead of ``fn``, ``workers`` stateful workers
+    (a model loaded once each, e.g. one per GPU) process the blocks: ``cls(*init_args)(payload)``.
     """
     runner = runner or SerialRunner(progress=False)
     markers = CompletionMarkers(_join(work_dir, name)) if work_dir is not None else None
     items = [WorkItem(b.key, payload(b)) for b in grid]
     sizes = {b.key: b.write.size for b in grid}
-    return runner.map(fn, items, markers=markers, desc=desc or name, weight=lambda item: sizes[item.key], unit="vox")
+    if worker is not None:
+        cls, args = worker
+        return runner.map_workers(cls, args, items, workers=workers, resources=resources, markers=markers,
+                                  desc=desc or name, weight=lambda item: sizes[item.key], unit="vox")
+    return runner.map(fn, items, resources=resources, markers=markers, desc=desc or name,
+                      weight=lambda item: sizes[item.key], unit="vox")
 
 
 def _join(root: str | os.PathLike[str], name: str) -> str:

@@ -120,13 +120,23 @@ class _Linking(_Model):
 
 
 class ClassicalPseudoLabel(_Linking):
-    """Weight-free EM default: denoise, local contrast, threshold dark organelles, watershed."""
+    """Weight-free EM default: dark, compact, membrane-bounded organelles in each slice.
+
+    Denoise, optionally equalise local contrast, keep the dark side of a threshold, open with a disk
+    wider than membranes (which are thin and dark too), fill holes, keep compact objects, split
+    touching ones with a distance-transform watershed.
+    """
 
     method: Literal["classical"] = "classical"
-    denoise_sigma_vox: float = Field(1.5, ge=0.0)
-    contrast_window_vox: int = Field(127, gt=2, description="local-contrast (CLAHE) window in pixels")
-    threshold: Literal["otsu", "local"] = "otsu"
-    min_area_px: int = Field(50, ge=0)
+    denoise_sigma_vox: float = Field(3.0, ge=0.0, description="Gaussian denoising sigma in pixels")
+    local_contrast: bool = Field(False, description="equalise local contrast (CLAHE) before thresholding")
+    contrast_window_vox: int = Field(127, gt=2, description="local-contrast (CLAHE) and local-threshold window in pixels")
+    threshold: Literal["quantile", "otsu", "local"] = Field(
+        "quantile", description="quantile: the darkest dark_fraction of each slice; otsu: global; local: adaptive")
+    dark_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="quantile threshold: fraction of darkest pixels kept")
+    opening_radius_px: int = Field(4, ge=0, description="disk opening that removes membranes thinner than twice this")
+    min_area_px: int = Field(300, ge=0)
+    min_solidity: float = Field(0.8, ge=0.0, le=1.0, description="objects less convex than this are dropped")
     watershed_min_distance_px: int = Field(8, ge=1)
 
 

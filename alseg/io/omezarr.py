@@ -413,6 +413,31 @@ def create_labels(
     return open_volume(label_url, mode="r+")
 
 
+def create_label_image(
+    url: str | os.PathLike[str],
+    *,
+    like: Volume,
+    chunks: Sequence[int] | None = None,
+    dtype: np.dtype | str = "uint32",
+    name: str = "labels",
+    overwrite: bool = False,
+) -> Volume:
+    """A standalone NGFF label image (a multiscale group with ``image-label`` metadata) on the grid
+    of the image ``like``, for labels that live apart from their image (a run directory's
+    pseudo-labels or predictions when the image is read-only, e.g. on object storage)."""
+    import zarr
+
+    dtype = np.dtype(dtype)
+    if dtype not in LABEL_DTYPES:
+        raise DataError(f"label images need an unsigned integer dtype (uint32 or uint64 advised), got {dtype}")
+    vol = create_image(url, shape=like.shape, dtype=dtype, chunks=tuple(chunks) if chunks is not None else like.chunks,
+                       voxel_size_nm=like.voxel_size_nm, levels=len(like.level_paths), name=name, overwrite=overwrite)
+    group = zarr.open_group(st.zarr_store(os.fspath(url), read_only=False), mode="r+")
+    ngff = _ngff_attrs(dict(group.attrs))
+    group.attrs["ome"] = {**ngff, "image-label": {}}
+    return open_volume(url, mode="r+")
+
+
 # --------------------------------------------------------------------------------------------- #
 # pyramids
 # --------------------------------------------------------------------------------------------- #

@@ -76,7 +76,7 @@ class UnionFind:
 # the three passes (module-level functions: they run in workers)
 # --------------------------------------------------------------------------------------------- #
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """Where the passes keep their scratch data under the work directory."""
 
     work: str
@@ -107,6 +107,21 @@ class _Layout:
         chunks[axis] = 1
         return tuple(chunks)
 
+    @classmethod
+    def create(cls, work: str, shape: Sequence[int], block_shape: Sequence[int]) -> Layout:
+        """The scratch arrays of a run (kept when an interrupted run left them; refused when they
+        belong to another geometry)."""
+        if int(np.prod(block_shape)) >= 2**31:
+            raise SpecError(f"blocks of {tuple(block_shape)} voxels are too large to label (at most 2**31 - 1 voxels per block)")
+        lay = cls(work, tuple(int(s) for s in shape), tuple(int(b) for b in block_shape))  # type: ignore[arg-type]
+        _create_scratch(lay.local, lay.shape, lay.block_shape, "uint32")
+        for axis in range(3):
+            if lay.boundaries(axis) > 0:
+                _create_scratch(lay.planes(axis), lay.plane_shape(axis), lay.plane_chunks(axis), "uint64")
+                lay.open_planes(axis, "r")  # a work directory left by another geometry fails here, not in workers
+        lay.open_local("r")
+        return lay
+
     def open_local(self, mode: str):
         return _open_zarr(self.local, mode, self.shape, self.block_shape)
 
@@ -117,7 +132,7 @@ class _Layout:
 @dataclass(frozen=True)
 class _LabelJob:
     mask: str
-    layout: _Layout
+    layout: Layout
     block: Block
     offset: int
     connectivity: int
@@ -132,7 +147,13 @@ def _label_block(job: _LabelJob) -> dict[str, Any]:
     local = np.empty(fg.shape, dtype=np.int32)
     n = ndimage.label(fg, structure=structure(job.connectivity), output=local)
     local = local.view(np.uint32)
-    lay, box = job.layout, job.block.write
+    sizes = write_local(job.layout, job.block.write, local, job.offset)
+    return {"first": job.offset + 1, "sizes": sizes}
+
+
+def write_local(lay: Layout, box: Box, local: np.ndarray, offset: int) -> list[int]:
+    """Store a block's local ids ``1..n`` (uint32) and the global ids (``local + offset``) of its faces
+    that touch other blocks; returns the voxel count of each local id."""
     # faces first: the local labels are the completion of this block, written last
     for axis in range(3):
         row = box.start[axis] // lay.block_shape[axis]
@@ -146,18 +167,18 @@ def _label_block(job: _LabelJob) -> dict[str, Any]:
         planes = lay.open_planes(axis, "r+")
         for src, dst in ends:
             face = np.take(local, [src], axis=axis).astype(np.uint64)
-            face[face > 0] += np.uint64(job.offset)
+            face[face > 0] += np.uint64(offset)
             sel = list(box.slices)
             sel[axis] = slice(dst, dst + 1)
             planes[tuple(sel)] = face
     lay.open_local("r+")[box.slices] = local
-    sizes = np.bincount(local.ravel(), minlength=n + 1)[1:]
-    return {"first": job.offset + 1, "sizes": [int(s) for s in sizes]}
+    n = int(local.max()) if local.size else 0
+    return [int(c) for c in np.bincount(local.ravel(), minlength=n + 1)[1:]]
 
 
 @dataclass(frozen=True)
 class _FaceJob:
-    layout: _Layout
+    layout: Layout
     block: Block
     connectivity: int
 
@@ -200,7 +221,7 @@ def _shifted(lower: np.ndarray, upper: np.ndarray, du: int, dv: int) -> tuple[np
 
 @dataclass(frozen=True)
 class _RelabelJob:
-    layout: _Layout
+    layout: Layout
     output: str
     block: Block
     first: int  # the block's first provisional id
@@ -299,7 +320,7 @@ def label_components(
     completion records of the three passes, so an interrupted run resumes. With ``pyramid``, the
     output's lower levels are filled too (mode downsampling), so viewers open it quickly.
     """
-    from alseg.io.omezarr import build_pyramid, open_volume
+    from alseg.io.omezarr import open_volume
 
     runner = runner or SerialRunner(progress=False)
     mask_url, output_url, work = os.fspath(mask_url), os.fspath(output_url), os.fspath(work_dir)
@@ -312,15 +333,7 @@ def label_components(
         raise SpecError(f"output labels need an unsigned integer dtype, got {out.dtype}")
     grid = BlockGrid(mask.shape, block_shape, 0)
     check_aligned(grid.block_shape, out.chunks, mask.shape)
-    if int(np.prod(grid.block_shape)) >= 2**31:
-        raise SpecError(f"blocks of {grid.block_shape} voxels are too large to label (at most 2**31 - 1 voxels per block)")
-    lay = _Layout(work, tuple(mask.shape), tuple(grid.block_shape))
-    _create_scratch(lay.local, lay.shape, lay.block_shape, "uint32")
-    for axis in range(3):
-        if lay.boundaries(axis) > 0:
-            _create_scratch(lay.planes(axis), lay.plane_shape(axis), lay.plane_chunks(axis), "uint64")
-            lay.open_planes(axis, "r")  # a work directory left by another geometry fails here, not in workers
-    lay.open_local("r")
+    lay = Layout.create(work, mask.shape, grid.block_shape)
     stride = int(np.prod(grid.block_shape))
     linear = {b.key: i for i, b in enumerate(grid)}
     labelled = run_blocks(
@@ -332,18 +345,30 @@ def label_components(
         _face_pairs, grid, payload=lambda b: _FaceJob(lay, b, connectivity),
         runner=runner, work_dir=work, name="faces", desc="merge faces",
     )
-    keys, values, count = relabel_table(labelled, faces, min_size_vox=min_size_vox)
+    count = finish(lay, grid, labelled, faces, output_url, min_size_vox=min_size_vox, runner=runner, work_dir=work, pyramid=pyramid)
+    return {"objects": count, "provisional": sum(len(r["sizes"]) for r in labelled.values()),
+            "merges": sum(len(r["pairs"]) for r in faces.values())}
+
+
+def finish(lay: Layout, grid: BlockGrid, labelled: dict[str, Any], pairs: dict[str, Any], output_url: str, *,
+           min_size_vox: int, runner: Runner, work_dir: str, pyramid: bool) -> int:
+    """Merge the provisional ids that ``pairs`` link, drop small objects, write consecutive ids into
+    ``output_url`` (and its pyramid); returns the object count."""
+    from alseg.io.omezarr import build_pyramid, open_volume
+
+    out = open_volume(output_url)
+    keys, values, count = relabel_table(labelled, pairs, min_size_vox=min_size_vox)
     if count >= np.iinfo(out.dtype).max:
         raise SpecError(f"{count} objects do not fit the output dtype {out.dtype}: use uint64 labels")
     keys_ref, values_ref = runner.put(keys), runner.put(values)
     run_blocks(
         _relabel_block, grid,
         payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], len(labelled[b.key]["sizes"]), keys_ref, values_ref),
-        runner=runner, work_dir=work, name="relabel", desc="relabel blocks",
+        runner=runner, work_dir=work_dir, name="relabel", desc="relabel blocks",
     )
     if pyramid and len(out.level_paths) > 1:
-        build_pyramid(output_url, kind="mode", runner=runner, work_dir=work)
-    return {"objects": count, "provisional": int(len(keys)), "merges": sum(len(r["pairs"]) for r in faces.values())}
+        build_pyramid(output_url, kind="mode", runner=runner, work_dir=work_dir)
+    return count
 
 
 def _create_scratch(url: str, shape: Sequence[int], chunks: Sequence[int], dtype: str) -> None:

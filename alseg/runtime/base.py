@@ -155,6 +155,8 @@ class Runner(ABC):
         resources: Resources | None = None,
         markers: CompletionMarkers | None = None,
         desc: str = "work",
+        weight: Callable[[WorkItem], int] | None = None,
+        unit: str = "item",
     ) -> dict[str, Any]:
         """Create ``workers`` instances of ``worker_cls(*init_args)`` (a model loaded once per worker,
         one per GPU) and feed them items: ``instance(item.payload)``."""
@@ -165,6 +167,8 @@ class Runner(ABC):
             markers,
             desc,
             lambda todo, done: self._run_workers(worker_cls, tuple(init_args), todo, workers, resources or Resources(), done, desc),
+            weight,
+            unit,
         )
 
     def put(self, obj: Any) -> Any:
