@@ -157,6 +157,8 @@ class SAMPseudoLabel(_Linking):
     model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
     points_per_side: int = Field(32, gt=0)
     pred_iou_thresh: float = Field(0.88, gt=0.0, lt=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    min_mask_area_px: int = Field(50, ge=0, description="smaller masks are dropped")
     batch_size: int = Field(4, gt=0)
 
 
