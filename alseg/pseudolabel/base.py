@@ -71,13 +71,14 @@ def file_digest(path: str | os.PathLike[str] | None) -> str | None:
     return h.hexdigest()
 
 
-def make_labeller(spec: Any, *, device: str | None = None) -> Labeller:
-    """The labeller a pseudo-label spec section asks for (weights are loaded here, once)."""
+def make_labeller(spec: Any, *, device: str | None = None, pixel_size_nm: float = 8.0) -> Labeller:
+    """The labeller a pseudo-label spec section asks for (weights are loaded here, once);
+    ``pixel_size_nm`` (in-plane) turns the classical method's physical sizes into pixels."""
     method = getattr(spec, "method", None)
     if method == "classical":
         from alseg.pseudolabel.classical import ClassicalLabeller
 
-        return ClassicalLabeller(spec)
+        return ClassicalLabeller(spec, pixel_size_nm=pixel_size_nm)
     if method == "sam":
         from alseg.pseudolabel.sam import SAMLabeller
 

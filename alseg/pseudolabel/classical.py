@@ -20,8 +20,14 @@ from alseg.pseudolabel.base import PseudoLabelError, check_batch, robust_unit
 class ClassicalLabeller:
     name = "classical"
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, *, pixel_size_nm: float = 8.0) -> None:
+        if not pixel_size_nm > 0:
+            raise PseudoLabelError(f"pixel size must be positive, got {pixel_size_nm} nm")
         self.spec = spec
+        self.pixel_size_nm = float(pixel_size_nm)
+
+    def px(self, nm: float) -> float:
+        return nm / self.pixel_size_nm
 
     def __call__(self, slices: np.ndarray) -> np.ndarray:
         arr = check_batch(slices)
@@ -40,9 +46,9 @@ class ClassicalLabeller:
         unit = robust_unit(img)
         if np.ptp(unit) == 0:
             return np.zeros(unit.shape, bool)
-        if p.denoise_sigma_vox > 0:
-            unit = ndimage.gaussian_filter(unit, p.denoise_sigma_vox)
-        window = min(p.contrast_window_vox, max(min(unit.shape) - 1, 3))
+        if p.denoise_sigma_nm > 0:
+            unit = ndimage.gaussian_filter(unit, self.px(p.denoise_sigma_nm))
+        window = int(min(max(round(self.px(p.contrast_window_nm)), 3), max(min(unit.shape) - 1, 3)))
         if p.local_contrast:
             unit = exposure.equalize_adapthist(np.clip(unit, 0, 1), kernel_size=window, clip_limit=0.01)
         if p.threshold == "quantile":
@@ -52,13 +58,14 @@ class ClassicalLabeller:
         else:
             block = window if window % 2 else window + 1
             dark = unit < filters.threshold_local(unit, block_size=block, offset=0.02)
-        if p.opening_radius_px:
-            dark = ndimage.binary_opening(dark, structure=morphology.disk(p.opening_radius_px))
+        radius = int(round(self.px(p.opening_radius_nm)))
+        if radius:
+            dark = ndimage.binary_opening(dark, structure=morphology.disk(radius))
         dark = ndimage.binary_fill_holes(dark)
         labels = measure.label(dark)
         keep = np.zeros(labels.max() + 1, bool)
         for region in measure.regionprops(labels):
-            keep[region.label] = region.area >= p.min_area_px and region.solidity >= p.min_solidity
+            keep[region.label] = region.area >= self.px(self.px(p.min_area_nm2)) and region.solidity >= p.min_solidity
         return keep[labels]
 
     def segment(self, img: np.ndarray) -> np.ndarray:
@@ -70,7 +77,7 @@ class ClassicalLabeller:
             return np.zeros(fg.shape, np.uint32)
         dist = ndimage.distance_transform_edt(fg)
         components, _ = ndimage.label(fg)
-        peaks = peak_local_max(dist, min_distance=self.spec.watershed_min_distance_px, labels=components, exclude_border=False)
+        peaks = peak_local_max(dist, min_distance=max(1, int(round(self.px(self.spec.watershed_min_distance_nm)))), labels=components, exclude_border=False)
         markers = np.zeros(fg.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         labels = watershed(-dist, markers=markers, mask=fg)

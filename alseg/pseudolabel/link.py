@@ -50,7 +50,7 @@ def match_planes(a: np.ndarray, b: np.ndarray, min_iou: float, *, measure: str =
     return [(int(ua[r]), int(ub[c])) for r, c in zip(rows, cols) if weight[r, c] >= min_iou]
 
 
-def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0) -> np.ndarray:
+def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0, *, measure: str = "iou") -> np.ndarray:
     """3D instances (uint32, consecutive ids in order of first appearance) from per-slice 2D instances."""
     from alseg.postprocess.stitch import UnionFind
 
@@ -64,7 +64,7 @@ def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0) -> np.n
         offset += int(m.max()) if m.size else 0
     uf = UnionFind()
     for z in range(len(masks) - 1):
-        for a, b in match_planes(unique[z], unique[z + 1], min_iou):
+        for a, b in match_planes(unique[z], unique[z + 1], min_iou, measure=measure):
             uf.union(a, b)
     ids = np.unique(unique[unique > 0])
     roots = np.array([uf.find(int(i)) for i in ids], dtype=np.int64)

@@ -63,9 +63,9 @@ class _SegmentJob:
 class SegmentWorker:
     """One labeller per worker process, loaded once, fed blocks."""
 
-    def __init__(self, spec_json: dict[str, Any], device: str | None = None) -> None:
+    def __init__(self, spec_json: dict[str, Any], device: str | None = None, pixel_size_nm: float = 8.0) -> None:
         self.spec = _spec_of(spec_json)
-        self.labeller = make_labeller(self.spec, device=device)
+        self.labeller = make_labeller(self.spec, device=device, pixel_size_nm=pixel_size_nm)
 
     def __call__(self, job: _SegmentJob) -> dict[str, Any]:
         from alseg.io.omezarr import open_volume
@@ -96,7 +96,8 @@ class SegmentWorker:
                 n += len(ids)
         pairs = []
         for z in range(local.shape[0] - 1):
-            pairs += [(a + job.offset, c + job.offset) for a, c in match_planes(local[z], local[z + 1], self.spec.link_iou)]
+            pairs += [(a + job.offset, c + job.offset)
+                      for a, c in match_planes(local[z], local[z + 1], self.spec.link_iou, measure=self.spec.link_measure)]
         sizes = write_local(job.layout, b.write, local, job.offset)
         return {"first": job.offset + 1, "sizes": sizes, "pairs": pairs}
 
@@ -106,6 +107,7 @@ class _FaceJob:
     layout: Layout
     block: Block
     link_iou: float
+    link_measure: str
 
 
 def _face_links(job: _FaceJob) -> dict[str, Any]:
@@ -120,10 +122,18 @@ def _face_links(job: _FaceJob) -> dict[str, Any]:
         slab = np.asarray(lay.open_planes(axis, "r")[tuple(sel)])
         lower, upper = np.take(slab, 0, axis=axis), np.take(slab, 1, axis=axis)
         if axis == 0:
-            pairs += match_planes(lower, upper, job.link_iou)
+            pairs += match_planes(lower, upper, job.link_iou, measure=job.link_measure)
         else:
             pairs += match_planes(lower, upper, BORDER_OVERLAP, measure="overlap")
     return {"pairs": sorted(pairs)}
+
+
+def _pixel_size(image) -> float:
+    """In-plane pixel size (nm) of a volume; y and x must agree for 2D labellers."""
+    vy, vx = (float(v) for v in image.voxel_size_nm[1:])
+    if abs(vy - vx) > 1e-6 * max(vy, vx):
+        raise SpecError(f"2D pseudo-labellers need square pixels; this volume has {vy} x {vx} nm")
+    return vy
 
 
 def signature_digest(sig: dict[str, Any]) -> str:
@@ -179,10 +189,10 @@ def pseudolabel_volume(
         None, grid,
         payload=lambda b: _SegmentJob(image_url, level, lay, b, linear[b.key] * stride, batch),
         runner=runner, work_dir=work, name="segment", desc=f"pseudo-labels ({spec.method})",
-        worker=(SegmentWorker, (spec_json, device)), workers=workers, resources=resources,
+        worker=(SegmentWorker, (spec_json, device, _pixel_size(image))), workers=workers, resources=resources,
     )
     faces = run_blocks(
-        _face_links, grid, payload=lambda b: _FaceJob(lay, b, spec.link_iou),
+        _face_links, grid, payload=lambda b: _FaceJob(lay, b, spec.link_iou, spec.link_measure),
         runner=runner, work_dir=work, name="faces", desc="link across blocks",
     )
     links = {**{f"in-{k}": {"pairs": r["pairs"]} for k, r in segmented.items()}, **faces}

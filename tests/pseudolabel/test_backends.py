@@ -24,7 +24,7 @@ def iou(a, b):
 
 def test_classical_finds_dark_organelles_and_drops_membranes():
     img = em_like()
-    lab = make_labeller(ClassicalPseudoLabel(min_area_px=100, threshold="otsu"))
+    lab = make_labeller(ClassicalPseudoLabel(min_area_nm2=100 * 64, threshold="otsu"))
     masks = lab(img)
     assert masks.shape == img.shape and masks.dtype == np.uint32
     z, y, x = np.indices(img.shape)

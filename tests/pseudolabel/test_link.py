@@ -97,3 +97,15 @@ def test_drifting_rows_of_objects_keep_their_identity():
         ref.append(r)
     out = link_stack(stack(*slices), min_iou=0.5)
     assert out.max() == 4 and same_partition(out, stack(*ref))
+
+
+def test_overlap_measure_links_a_narrow_section_inside_a_wide_one():
+    wide = np.zeros((1, 20), np.uint32)
+    narrow = np.zeros((1, 20), np.uint32)
+    wide[0, 2:18] = 1
+    narrow[0, 8:11] = 2  # IoU 3/16, overlap coefficient 1
+    assert match_planes(wide, narrow, 0.5) == []
+    assert match_planes(wide, narrow, 0.5, measure="overlap") == [(1, 2)]
+    assert link_stack(np.concatenate([wide, narrow])[:, None, :], 0.5, measure="overlap").max() == 1
+    with pytest.raises(ValueError, match="unknown overlap measure"):
+        match_planes(wide, narrow, 0.5, measure="dice")

@@ -15,8 +15,8 @@ from alseg.io.omezarr import create_image, open_volume
 from alseg.pseudolabel import link_stack, make_labeller, pseudolabel_volume
 from alseg.spec import CellSAMPseudoLabel, ClassicalPseudoLabel
 
-SPEC = ClassicalPseudoLabel(threshold="otsu", denoise_sigma_vox=0.0, opening_radius_px=0, min_area_px=10,
-                            min_solidity=0.0, watershed_min_distance_px=200, min_size_vox=30, link_iou=0.3)
+SPEC = ClassicalPseudoLabel(threshold="otsu", denoise_sigma_nm=0.0, opening_radius_nm=0.0, min_area_nm2=640.0,
+                            min_solidity=0.0, watershed_min_distance_nm=1600.0, min_size_vox=30, link_iou=0.3)
 DISKS = ((14, 14, 6), (40, 30, 9), (24, 72, 8), (50, 96, 10), (74, 40, 7), (70, 100, 6), (100, 20, 8), (96, 72, 11))
 
 
@@ -39,7 +39,7 @@ def same_partition(a, b):
 @pytest.mark.parametrize("block,halo", [((4, 112, 128), 0), ((4, 32, 32), 24), ((8, 64, 32), 32)])
 def test_equals_slice_by_slice_labelling_and_linking(tmp_path, block, halo):
     url, data = image(tmp_path)
-    ref = link_stack(make_labeller(SPEC)(data), SPEC.link_iou, SPEC.min_size_vox)
+    ref = link_stack(make_labeller(SPEC, pixel_size_nm=8.0)(data), SPEC.link_iou, SPEC.min_size_vox)
     res = pseudolabel_volume(url, tmp_path / "pl.zarr", SPEC, work_dir=tmp_path / "work", block_shape=block, halo_yx=halo)
     got = open_volume(tmp_path / "pl.zarr").read()
     assert res["objects"] == ref.max() == len(DISKS)
@@ -79,7 +79,7 @@ def test_a_failing_model_fails_the_job_and_writes_no_complete_labels(tmp_path, m
 @pytest.mark.ray
 def test_on_ray_actors_equals_serial(tmp_path, ray_cluster):
     url, _ = image(tmp_path, noise=4.0)
-    spec = SPEC.model_copy(update={"denoise_sigma_vox": 1.0})
+    spec = SPEC.model_copy(update={"denoise_sigma_nm": 8.0})
     pseudolabel_volume(url, tmp_path / "a.zarr", spec, work_dir=tmp_path / "wa", block_shape=(4, 32, 32), halo_yx=16)
     res = pseudolabel_volume(url, tmp_path / "b.zarr", spec, work_dir=tmp_path / "wb", block_shape=(4, 32, 32), halo_yx=16,
                              runner=ray_cluster, workers=2)
