@@ -120,7 +120,7 @@ def cmd_ingest_vnc(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on its embedded default: today, a synthetic EM volume as OME-Zarr, checked and printed."""
+    """The main job on its embedded default: a synthetic EM volume as OME-Zarr, then its pseudo-labels, scored."""
     from alseg.io.omezarr import list_labels, open_volume
     from alseg.synth import SynthParams, ensure_synthetic
 
@@ -144,7 +144,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  pyramid levels   : {levels} (read back with ome-zarr's reader)")
     print(f"  labels           : {', '.join(list_labels(out))}")
     _print_summary("ground truth", {k: summary[k] for k in ("instances", "foreground_fraction")})
-    print(f"open in napari: napari --plugin napari-ome-zarr {out}")
+
+    # stage 2: pseudo-labels with the weight-free default, scored against the ground truth
+    from alseg import stages
+    from alseg.spec import parse_spec
+
+    spec = parse_spec({
+        "input": {"url": str(out), "ground_truth": "mitochondria"},
+        "run": {"dir": str(Path(args.dir) / "run")},
+        "patches": {"shape_vox": [16, 128, 128]},
+        "pseudolabel": {"method": "classical", "block_shape_vox": [16, 256, 256], "halo_px": 48},
+        "selection": {"method": "kcenter", "budget": 4, "rounds": 2},
+        "resources": {"backend": "serial"},
+    }, source="demo")
+    pl = stages.run_pseudolabels(spec, progress=_progress(args))
+    print(f"pseudo-labels ({pl['method']}) -> {pl['url']}" + ("  (reused: same signature)" if pl["reused"] else ""))
+    _print_summary("pseudo-labels", {k: pl[k] for k in ("objects", "pieces_2d", "links")})
+    _print_scores(stages.evaluate(spec, pl["url"]))
+    print(f"open in napari: napari --plugin napari-ome-zarr {out} {pl['url']}")
+    return 0
+
+
+def _print_scores(scores: dict) -> None:
+    print(f"scores against the ground truth ({scores['objects_gt']} objects; {scores['objects_pred']} predicted):")
+    print(f"  foreground IoU      : {scores['foreground_iou']:.4f}")
+    for t, s in scores["at"].items():
+        print(f"  at IoU {t:<5}       : F1 {s['f1']:.3f}  precision {s['precision']:.3f}  recall {s['recall']:.3f}  "
+              f"accuracy {s['accuracy']:.3f}  PQ {s['panoptic_quality']:.3f}")
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> int:
+    """Pseudo-labels for a job spec's input, into its run directory; scored when it names ground truth."""
+    from alseg import stages
+    from alseg.preflight import preflight
+    from alseg.spec import load_spec
+
+    spec = load_spec(args.spec)
+    report = preflight(spec)
+    if not report.ok:
+        raise SpecError("; ".join(f"{p}: {m}" for p, m in report.problems), report.problems)
+    pl = stages.run_pseudolabels(spec, progress=_progress(args))
+    print(f"pseudo-labels ({pl['method']}) -> {pl['url']}" + ("  (reused: same signature)" if pl["reused"] else ""))
+    _print_summary("pseudo-labels", {k: pl[k] for k in ("objects", "pieces_2d", "links")})
+    if spec.input.ground_truth is not None:
+        _print_scores(stages.evaluate(spec, pl["url"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Instance metrics of a label volume against ground truth, block by block."""
+    from alseg.evaluate.metrics import evaluate_volumes
+
+    scores = evaluate_volumes(args.ground_truth, args.labels, thresholds=tuple(args.iou))
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        _print_scores(scores)
     return 0
 
 
@@ -230,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output OME-Zarr")
     p.add_argument("--connectivity", type=int, choices=(6, 26), default=26, help="3D connectivity of instances")
     p.add_argument("--overwrite", action="store_true", help="replace an output that already holds data")
+
+    p = add("pseudolabel", cmd_pseudolabel, "make the pseudo-labels of a job spec's input (stage 2)",
+            "Run the spec's pseudo-labeller (classical, sam or cellsam) over the whole input volume, block by "
+            "block, link 2D instances into 3D and write <run dir>/pseudolabels.zarr; a rerun with an unchanged "
+            "signature reuses them. Scores them when the spec names ground truth.")
+    p.add_argument("spec", help="path of the YAML job spec")
+
+    p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",
+            "Instance matching at IoU thresholds (one-to-one, optimal), with F1, precision, recall, accuracy, "
+            "panoptic quality and foreground IoU, computed block by block.")
+    p.add_argument("ground_truth", help="ground-truth label image (OME-Zarr URL)")
+    p.add_argument("labels", help="label image to score (OME-Zarr URL)")
+    p.add_argument("--iou", nargs="+", type=float, default=[0.5, 0.75], help="IoU thresholds (default 0.5 0.75)")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
 
     p = add("demo", cmd_demo, "run the demo on the embedded default (a synthetic EM volume)",
             "The main job on an embedded default: writes a synthetic EM volume with ground truth as "

@@ -115,11 +115,20 @@ class PatchSpec(_Model):
 # pseudo-labels
 # --------------------------------------------------------------------------------------------- #
 class _Linking(_Model):
+    block_shape_vox: Shape3 = Field((16, 512, 512), description="blocks of the pseudo-label pass (slices x tile)")
+    halo_px: int = Field(64, ge=0, description="in-plane context around each tile: wider than the largest organelle")
     link_iou: float = Field(0.2, gt=0.0, le=1.0, description="minimum score to link 2D instances between slices")
     link_measure: Literal["iou", "overlap"] = Field(
         "iou", description="linking score: IoU, or the overlap coefficient |a & b| / min(|a|, |b|) (links a small "
         "cross-section to a larger one it lies in)")
     min_size_vox: int = Field(1000, ge=0, description="3D instances smaller than this are dropped")
+
+
+    @model_validator(mode="after")
+    def _halo_fits_tile(self) -> "_Linking":
+        if self.halo_px > min(self.block_shape_vox[1:]):
+            raise ValueError(f"halo_px {self.halo_px} is larger than the tile {self.block_shape_vox[1:]}")
+        return self
 
 
 class ClassicalPseudoLabel(_Linking):

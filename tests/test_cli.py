@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 
@@ -18,12 +20,12 @@ def alseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_explains_every_command():
     res = alseg("--help")
     assert res.returncode == 0
-    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "demo"):
+    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "evaluate", "demo"):
         assert cmd in res.stdout
         sub = alseg(cmd, "--help")
         assert sub.returncode == 0 and len(sub.stdout) > 200, cmd
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "demo"}
+    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "evaluate", "demo"}
 
 
 def test_synth_info_and_refusal_to_overwrite(tmp_path):
@@ -80,6 +82,43 @@ def test_demo_writes_a_volume_ome_zarr_opens_and_reruns_without_overwriting(tmp_
     nodes = list(Reader(parse_url(str(tmp_path / "synthetic.zarr")))())
     assert tuple(nodes[0].data[0].shape) == (64, 512, 512)
     stamp = (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns
+    # the pseudo-label stage ran and was scored with the project's metrics
+    assert "pseudo-labels (classical)" in first and "foreground IoU" in first and "at IoU 0.5" in first
+    from alseg.evaluate.metrics import evaluate_volumes
+
+    scores = evaluate_volumes(tmp_path / "synthetic.zarr" / "labels" / "mitochondria", tmp_path / "run" / "pseudolabels.zarr")
+    assert f"foreground IoU      : {scores['foreground_iou']:.4f}" in first
+    assert scores["foreground_iou"] > 0.2, "the classical default finds a good part of the synthetic mitochondria"
+    pl_stamp = (tmp_path / "run" / "pseudolabels.zarr" / "zarr.json").stat().st_mtime_ns
     assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
-    assert "reused" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "reused" in again and "reused: same signature" in again
     assert (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "run" / "pseudolabels.zarr" / "zarr.json").stat().st_mtime_ns == pl_stamp
+
+
+def test_pseudolabel_and_evaluate_commands(tmp_path, capsys):
+    from alseg.io.omezarr import open_volume
+    from alseg.synth import SynthParams, write_synthetic
+
+    write_synthetic(tmp_path / "v.zarr", SynthParams.preset("easy", shape=(16, 128, 128), seed=3))
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        f"input: {{url: {tmp_path / 'v.zarr'}, ground_truth: mitochondria}}\n"
+        f"run: {{dir: {tmp_path / 'run'}}}\n"
+        "patches: {shape_vox: [8, 64, 64]}\n"
+        "selection: {method: random, budget: 2}\n"
+        "pseudolabel: {method: classical, block_shape_vox: [8, 64, 64], halo_px: 32, min_size_vox: 50}\n")
+    assert main(["pseudolabel", str(spec), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "objects" in out and "at IoU 0.5" in out
+    labels = open_volume(tmp_path / "run" / "pseudolabels.zarr")
+    assert labels.read().max() > 0 and labels.provenance()["complete"]
+    gt = str(tmp_path / "v.zarr" / "labels" / "mitochondria")
+    assert main(["evaluate", gt, gt, "--iou", "0.5", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["foreground_iou"] == 1.0 and scores["at"]["0.5"]["f1"] == 1.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"input: {{url: {tmp_path / 'missing.zarr'}, ground_truth: mito}}\nrun: {{dir: {tmp_path / 'r2'}}}\n")
+    assert main(["pseudolabel", str(bad), "-q"]) == 2
+    assert "input.url" in capsys.readouterr().err

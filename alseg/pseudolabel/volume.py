@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,19 +186,26 @@ def pseudolabel_volume(
     linear = {b.key: i for i, b in enumerate(grid)}
     batch = int(getattr(spec, "batch_size", 8))
     spec_json = spec.model_dump(mode="json")
+    clock = time.perf_counter()
     segmented = run_blocks(
         None, grid,
         payload=lambda b: _SegmentJob(image_url, level, lay, b, linear[b.key] * stride, batch),
         runner=runner, work_dir=work, name="segment", desc=f"pseudo-labels ({spec.method})",
         worker=(SegmentWorker, (spec_json, device, _pixel_size(image))), workers=workers, resources=resources,
     )
+    seconds = {"segment": time.perf_counter() - clock}
+    clock = time.perf_counter()
     faces = run_blocks(
         _face_links, grid, payload=lambda b: _FaceJob(lay, b, spec.link_iou, spec.link_measure),
         runner=runner, work_dir=work, name="faces", desc="link across blocks",
     )
     links = {**{f"in-{k}": {"pairs": r["pairs"]} for k, r in segmented.items()}, **faces}
+    seconds["link"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     count = finish(lay, grid, segmented, links, output_url, min_size_vox=spec.min_size_vox, runner=runner, work_dir=work, pyramid=True)
+    seconds["relabel_and_pyramid"] = time.perf_counter() - clock
     summary = {"objects": count, "pieces_2d": sum(len(r["sizes"]) for r in segmented.values()),
-               "links": sum(len(r["pairs"]) for r in links.values()), "method": spec.method}
+               "links": sum(len(r["pairs"]) for r in links.values()), "method": spec.method,
+               "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     open_volume(output_url, mode="r+").set_provenance({"signature": sig, "signature_sha256": digest, "complete": True, "summary": summary})
     return {**summary, "reused": False, "url": output_url}

@@ -171,6 +171,10 @@ class Runner(ABC):
             unit,
         )
 
+    def capacity(self, resources: Resources | None = None) -> int:
+        """How many workers of ``resources`` can run at once (the serial runner: one)."""
+        return 1
+
     def put(self, obj: Any) -> Any:
         """Share a large read-only input with every item once (Ray: the object store)."""
         return obj

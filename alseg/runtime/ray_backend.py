@@ -91,6 +91,14 @@ class RayRunner(Runner):
     def put(self, obj: Any) -> Any:
         return self._ray.put(obj)
 
+    def capacity(self, resources: Resources | None = None) -> int:
+        res = resources or Resources()
+        cluster = self._ray.cluster_resources()
+        fits = [cluster.get("CPU", 1.0) / res.cpus] if res.cpus > 0 else []
+        if res.gpus > 0:
+            fits.append(cluster.get("GPU", 0.0) / res.gpus)
+        return max(1, int(min(fits))) if fits else max(1, int(cluster.get("CPU", 1.0)))
+
     def close(self) -> None:
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
