@@ -1,0 +1,110 @@
+"""nnU-Net steps, run in a subprocess whose environment alseg built (``python -m alseg.nnunet._worker JOB.json``).
+
+Steps: ``plan`` (fingerprint, plans, alseg's plan overrides, preprocessing), ``transfer`` (the
+plans of one dataset applied to another, then preprocessing), ``train`` (nnU-Net's own training
+entry with alseg's configurable trainer, optionally from pretrained weights).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
+    """alseg's plan overrides (patch, batch, stages, features) on nnU-Net's plans, checked."""
+    conf = plans["configurations"][configuration]
+    arch = conf["architecture"]["arch_kwargs"]
+    n_planned = int(arch["n_stages"])
+    n = int(overrides.get("n_stages") or n_planned)
+    if n > n_planned:
+        raise ValueError(f"plan_overrides.n_stages={n}: nnU-Net planned {n_planned} stages for this patch; at most that many")
+    if n != n_planned:
+        arch["n_stages"] = n
+        for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+            arch[key] = arch[key][:n]
+        arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: n - 1]
+    if overrides.get("features_per_stage"):
+        feats = list(overrides["features_per_stage"])
+        if len(feats) != n:
+            raise ValueError(f"plan_overrides.features_per_stage has {len(feats)} entries for {n} stages")
+        arch["features_per_stage"] = feats
+    if overrides.get("patch_size_vox"):
+        patch = [int(p) for p in overrides["patch_size_vox"]]
+        if len(patch) != len(conf["patch_size"]):
+            raise ValueError(f"plan_overrides.patch_size_vox {patch} does not match the configuration's {len(conf['patch_size'])} axes")
+        conf["patch_size"] = patch
+    if overrides.get("batch_size"):
+        conf["batch_size"] = int(overrides["batch_size"])
+    # every axis of the patch must be divisible by the network's total downsampling
+    total = [1] * len(conf["patch_size"])
+    for stride in arch["strides"]:
+        s = stride if isinstance(stride, (list, tuple)) else [stride] * len(total)
+        total = [t * int(x) for t, x in zip(total, s)]
+    bad = [(p, t) for p, t in zip(conf["patch_size"], total) if p % t]
+    if bad:
+        raise ValueError(f"patch size {conf['patch_size']} is not divisible by the network's downsampling {total}: "
+                         "choose a patch that is, or fewer stages")
+    return plans
+
+
+def plan(job: dict) -> dict:
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    import os
+
+    ds, conf = int(job["dataset_id"]), job["configuration"]
+    extract_fingerprints([ds], check_dataset_integrity=True, clean=True, verbose=False)
+    plan_experiments([ds])
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    plans_file = os.path.join(str(nnUNet_preprocessed), convert_id_to_dataset_name(ds), job["plans"] + ".json")
+    plans = apply_overrides(load_json(plans_file), conf, job.get("overrides") or {})
+    save_json(plans, plans_file, sort_keys=False)
+    preprocess([ds], job["plans"], configurations=[conf], num_processes=[int(job.get("processes", 1))], verbose=False)
+    return {"plans_file": plans_file}
+
+
+def transfer(job: dict) -> dict:
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, preprocess
+    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import move_plans_between_datasets
+
+    src, dst, conf = int(job["source_id"]), int(job["dataset_id"]), job["configuration"]
+    extract_fingerprints([dst], check_dataset_integrity=True, clean=True, verbose=False)
+    move_plans_between_datasets(src, dst, job["plans"], job["plans"])
+    # the planner normally copies dataset.json beside the plans; moved plans need it too
+    import os
+    import shutil
+
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    name = convert_id_to_dataset_name(dst)
+    shutil.copy(os.path.join(str(nnUNet_raw), name, "dataset.json"), os.path.join(str(nnUNet_preprocessed), name, "dataset.json"))
+    preprocess([dst], job["plans"], configurations=[conf], num_processes=[int(job.get("processes", 1))], verbose=False)
+    return {}
+
+
+def train(job: dict) -> dict:
+    import torch
+    from nnunetv2.run.run_training import run_training
+
+    torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
+    run_training(str(job["dataset_id"]), job["configuration"], "all", trainer_class_name=job["trainer"],
+                 plans_identifier=job["plans"], pretrained_weights=job.get("pretrained"),
+                 device=torch.device(job["device"]))
+    return {}
+
+
+def main() -> None:
+    with open(sys.argv[1]) as fh:
+        job = json.load(fh)
+    result = {"plan": plan, "transfer": transfer, "train": train}[job["step"]](job)
+    with open(job["result"], "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Driving nnU-Net: plan and preprocess, carry plans to another dataset, train, from one run directory.
+
+Every step runs nnU-Net's own code in a subprocess (``alseg.nnunet._worker``) whose environment
+holds the run directory's nnU-Net folders and the training schedule; nothing is set process-wide.
+Output goes to a log file under ``<nnunet>/logs`` and, line by line, to the caller's ``echo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from alseg.errors import AlsegError
+from alseg.nnunet.paths import PLANS, TRAINER, NnUNetDirs, dataset_name
+
+
+class NnUNetError(AlsegError):
+    """An nnU-Net step failed; the message holds the end of its log."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_step(dirs: NnUNetDirs, job: dict[str, Any], *, log_name: str, extra_env: dict[str, str] | None = None,
+             echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    dirs.make()
+    job_file = os.path.join(dirs.logs, f"{log_name}.job.json")
+    log_file = os.path.join(dirs.logs, f"{log_name}.log")
+    job = {**job, "result": os.path.join(dirs.logs, f"{log_name}.result.json")}
+    with open(job_file, "w") as fh:
+        json.dump(job, fh, indent=1)
+    tail: list[str] = []
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "alseg.nnunet._worker", job_file], env=dirs.env(**(extra_env or {})),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-40:]
+            if echo is not None and line.strip():
+                echo(line.rstrip())
+        rc = proc.wait()
+    if rc != 0:
+        raise NnUNetError(f"nnU-Net step {job['step']} failed (exit {rc}); log: {log_file}\n" + "\n".join(tail[-15:]))
+    with open(job["result"]) as fh:
+        return json.load(fh)
+
+
+def plan_and_preprocess(dirs: NnUNetDirs, dataset_id: int, *, configuration: str = "3d_fullres",
+                        overrides: dict[str, Any] | None = None, echo=None) -> dict[str, Any]:
+    """nnU-Net's fingerprint, plans (with alseg's overrides, recorded in the plans file) and preprocessing."""
+    res = run_step(dirs, {"step": "plan", "dataset_id": dataset_id, "configuration": configuration, "plans": PLANS,
+                          "overrides": {k: v for k, v in (overrides or {}).items() if v is not None}},
+                   log_name=f"plan-{dataset_id:03d}", echo=echo)
+    with open(res["plans_file"]) as fh:
+        return json.load(fh)
+
+
+def transfer_plans(dirs: NnUNetDirs, source_id: int, dataset_id: int, *, configuration: str = "3d_fullres", echo=None) -> None:
+    """Preprocess ``dataset_id`` with the plans of ``source_id`` (so pretrained weights fit)."""
+    run_step(dirs, {"step": "transfer", "source_id": source_id, "dataset_id": dataset_id, "configuration": configuration,
+                    "plans": PLANS}, log_name=f"transfer-{source_id:03d}-{dataset_id:03d}", echo=echo)
+
+
+def model_folder(dirs: NnUNetDirs, dataset_id: int, name: str, configuration: str = "3d_fullres") -> str:
+    return os.path.join(dirs.results, dataset_name(dataset_id, name), f"{TRAINER}__{PLANS}__{configuration}")
+
+
+def train(dirs: NnUNetDirs, dataset_id: int, name: str, schedule: Any, *, configuration: str = "3d_fullres",
+          device: str = "auto", pretrained: str | None = None, echo=None) -> str:
+    """Train on all cases of the dataset (fold ``all``); returns the model folder.
+
+    ``schedule`` is a :class:`alseg.spec.TrainingSpec` (epochs, iterations, learning rate,
+    validation); ``pretrained`` a checkpoint whose weights (all but the segmentation heads)
+    initialise the network (nnU-Net's pretrained-weights route).
+    """
+    sched = schedule.model_dump() if hasattr(schedule, "model_dump") else dict(schedule)
+    if pretrained is not None and not os.path.isfile(pretrained):
+        raise NnUNetError(f"pretrained checkpoint {pretrained} does not exist")
+    run_step(dirs, {"step": "train", "dataset_id": dataset_id, "configuration": configuration, "plans": PLANS,
+                    "trainer": TRAINER, "device": resolve_device(device), "pretrained": pretrained},
+             log_name=f"train-{dataset_id:03d}", echo=echo,
+             # augmentation in the training process (no worker pool) unless the user asks for workers
+             extra_env={"ALSEG_NNUNET_SCHEDULE": json.dumps(sched), "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")})
+    folder = model_folder(dirs, dataset_id, name, configuration)
+    if not os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
+        raise NnUNetError(f"training finished without {folder}/fold_all/checkpoint_final.pth")
+    return folder

@@ -1,0 +1,120 @@
+"""nnU-Net inside alseg, end to end on CPU with a tiny plan: export, plan, pretrain, fine-tune from the
+pretrained checkpoint, predict blockwise; compared with nnU-Net's own whole-array predictor."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from alseg.geometry import Box
+from alseg.io.omezarr import create_image, open_volume
+from alseg.nnunet import IntensityNorm, NnUNetDirs, NnUNetError, export_dataset, plan_and_preprocess, train, transfer_plans
+from alseg.nnunet._worker import apply_overrides
+from alseg.nnunet.dataset import targets
+from alseg.nnunet.predict import load_predictor, predict_volume
+from alseg.spec import TrainingSpec
+from alseg.synth import SynthParams, write_synthetic
+
+TINY = {"patch_size_vox": [16, 64, 64], "batch_size": 2, "n_stages": 4, "features_per_stage": [8, 16, 32, 64]}
+BOXES = [Box((z, y, x), (z + 16, y + 64, x + 64)) for z in (0, 16) for y in (0, 64) for x in (0, 64)]
+
+
+def read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nn")
+    url = str(root / "v.zarr")
+    write_synthetic(url, SynthParams.preset("easy", shape=(32, 128, 128), seed=2))
+    return root, url
+
+
+def test_targets_boundary_and_ignore(tmp_path):
+    labels = np.zeros((1, 8, 12), np.uint32)
+    labels[0, 2:6, 1:6] = 3
+    labels[0, 2:6, 6:11] = 4  # touching the first
+    t = targets(labels, boundary=True)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[0, 3:5, 2:5] == 1).all() and t[0, 2, 3] == 2 and t[0, 3, 5] == 2 and t[0, 3, 6] == 2, "inner borders, also where objects touch"
+    assert set(np.unique(targets(labels, boundary=False))) == {0, 1}
+
+
+def test_plan_overrides_are_checked():
+    plans = {"configurations": {"3d_fullres": {"patch_size": [32, 128, 128], "batch_size": 2, "architecture": {"arch_kwargs": {
+        "n_stages": 5, "features_per_stage": [32, 64, 128, 256, 320], "kernel_sizes": [[3, 3, 3]] * 5,
+        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2] * 5, "n_conv_per_stage_decoder": [2] * 4}}}}}
+    out = apply_overrides(json.loads(json.dumps(plans)), "3d_fullres", TINY)
+    arch = out["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert arch["n_stages"] == 4 and len(arch["strides"]) == 4 and len(arch["n_conv_per_stage_decoder"]) == 3
+    assert out["configurations"]["3d_fullres"]["patch_size"] == [16, 64, 64]
+    with pytest.raises(ValueError, match="not divisible"):
+        apply_overrides(json.loads(json.dumps(plans)), "3d_fullres", {"patch_size_vox": [12, 64, 64]})
+    with pytest.raises(ValueError, match="at most"):
+        apply_overrides(json.loads(json.dumps(plans)), "3d_fullres", {"n_stages": 7})
+    with pytest.raises(ValueError, match="entries"):
+        apply_overrides(json.loads(json.dumps(plans)), "3d_fullres", {"features_per_stage": [8, 16]})
+
+
+@pytest.mark.slow
+def test_export_plan_pretrain_finetune_predict(volume, monkeypatch):
+    root, url = volume
+    dirs = NnUNetDirs(str(root / "nnunet"))
+    before = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    norm = IntensityNorm.of_volume(url)
+    labels = url + "/labels/mitochondria"
+
+    # 1. pseudo-label dataset (here: the synthetic truth stands in), plans with the tiny overrides
+    meta = export_dataset(dirs, 1, "pseudo", url, labels, BOXES[:6], norm=norm, boundary=True)
+    assert meta["labels"] == {"background": 0, "mitochondria": 1, "boundary": 2} and meta["numTraining"] == 6
+    plans = plan_and_preprocess(dirs, 1, overrides=TINY)
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [30.0, 8.0, 8.0], "spacing from the OME-Zarr voxel size"
+    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64]
+    pre = train(dirs, 1, "pseudo", TrainingSpec(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, final_validation=False), device="cpu")
+    ckpt = os.path.join(pre, "fold_all", "checkpoint_final.pth")
+    log = read(os.path.join(dirs.logs, "train-001.log"))
+    assert "train_loss" in log and "Epoch 1" in log
+
+    # 2. sparse annotations: only the upper half of each patch is annotated, the rest is ignored
+    annotated = create_image(root / "annotated.zarr", shape=(32, 128, 128), dtype="uint8", chunks=(16, 64, 64), voxel_size_nm=(30, 8, 8), levels=1)
+    mask = np.zeros((32, 128, 128), np.uint8)
+    mask[:, :, :64] = 1
+    annotated.write(annotated.bounds, mask)
+    meta2 = export_dataset(dirs, 2, "annotated", url, labels, BOXES[6:] + BOXES[:1], norm=norm, boundary=True, annotated_url=annotated.url)
+    assert meta2["labels"]["ignore"] == 3
+    transfer_plans(dirs, 1, 2)
+    # a learning rate so small that fine-tuning cannot move the weights: what we read back is what was loaded
+    fine = train(dirs, 2, "annotated", TrainingSpec(epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, learning_rate=1e-12,
+                                                      final_validation=False), device="cpu", pretrained=ckpt)
+    w_pre = torch.load(ckpt, map_location="cpu", weights_only=False)["network_weights"]
+    w_fine = torch.load(os.path.join(fine, "fold_all", "checkpoint_final.pth"), map_location="cpu", weights_only=False)["network_weights"]
+    encoder = [k for k in w_pre if k.startswith("encoder.") and w_pre[k].dtype.is_floating_point and w_pre[k].numel() > 1]
+    assert encoder and all(torch.allclose(w_pre[k], w_fine[k], atol=1e-6) for k in encoder), "pretrained weights were loaded"
+    fresh = torch.nn.init  # a fresh network would start from random weights: they differ from the pretrained ones
+    assert any(w_pre[k].std() > 0 for k in encoder) and fresh is not None
+    assert "pretrained" in read(os.path.join(dirs.logs, "train-002.log")).lower()
+
+    # 3. blockwise prediction equals nnU-Net's own whole-array prediction
+    out = str(root / "classes.zarr")
+    res = predict_volume(fine, url, out, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32), work_dir=str(root / "work"))
+    assert res["blocks"] == 8
+    ours = open_volume(out).read()
+    own = load_predictor(fine).predict_single_npy_array(norm(open_volume(url).read())[None], {"spacing": [30.0, 8.0, 8.0]})
+    agreement = (ours == own).mean()
+    assert agreement >= 0.999, agreement
+    assert {k: os.environ.get(k) for k in before} == before, "no nnU-Net environment left behind"
+
+
+def test_missing_model_and_checkpoint_errors(tmp_path):
+    from alseg.errors import SpecError
+
+    with pytest.raises(SpecError, match="no trained model"):
+        load_predictor(str(tmp_path / "Dataset001_x" / "nnUNetTrainerAlseg__nnUNetPlans__3d_fullres"))
+    with pytest.raises(NnUNetError, match="does not exist"):
+        train(NnUNetDirs(str(tmp_path)), 1, "x", TrainingSpec(epochs=1), pretrained=str(tmp_path / "none.pth"))
