@@ -191,6 +191,35 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_echo(args: argparse.Namespace):
+    """nnU-Net's progress lines (epochs, losses, pseudo Dice) while it trains; the full log is in the run directory."""
+    if not _progress(args):
+        return None
+    keys = ("Epoch ", "train_loss", "val_loss", "Pseudo dice", "Epoch time", "Training done")
+
+    def echo(line: str) -> None:
+        if any(k in line for k in keys):
+            print("  nnU-Net " + line.split(": ", 1)[-1], flush=True)
+
+    return echo
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pseudo-labels (reused when unchanged), then nnU-Net plans itself on them and pretrains."""
+    from alseg import stages
+    from alseg.preflight import preflight
+    from alseg.spec import load_spec
+
+    spec = load_spec(args.spec)
+    report = preflight(spec)
+    if not report.ok:
+        raise SpecError("; ".join(f"{p}: {m}" for p, m in report.problems), report.problems)
+    res = stages.run_pretrain(spec, progress=_progress(args), echo=_training_echo(args))
+    print(f"pretrained nnU-Net -> {res['model_folder']}" + ("  (reused: same inputs)" if res["reused"] else ""))
+    _print_summary("plans", {k: res[k] for k in ("cases", "patch_size", "batch_size", "features_per_stage")})
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Instance metrics of a label volume against ground truth, block by block."""
     from alseg.evaluate.metrics import evaluate_volumes
@@ -290,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the spec's pseudo-labeller (classical, sam or cellsam) over the whole input volume, block by "
             "block, link 2D instances into 3D and write <run dir>/pseudolabels.zarr; a rerun with an unchanged "
             "signature reuses them. Scores them when the spec names ground truth.")
+    p.add_argument("spec", help="path of the YAML job spec")
+
+    p = add("pretrain", cmd_pretrain, "pseudo-labels, then nnU-Net self-configures and pretrains on them (stage 3)",
+            "Make (or reuse) the spec's pseudo-labels, export every candidate patch with them as an nnU-Net "
+            "dataset in the run directory, let nnU-Net plan (with the spec's plan_overrides) and preprocess, and "
+            "pretrain with the spec's nnunet.pretrain schedule. Logs and checkpoints stay in <run dir>/nnunet.")
     p.add_argument("spec", help="path of the YAML job spec")
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",

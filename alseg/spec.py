@@ -202,6 +202,7 @@ class TrainingSpec(_Model):
 
 class NnUNetSpec(_Model):
     configuration: Literal["3d_fullres", "3d_lowres", "2d"] = "3d_fullres"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device (auto: CUDA when present)")
     boundary_class: bool = Field(False, description="add a boundary class to separate touching objects")
     plan_overrides: PlanOverrides = Field(default_factory=PlanOverrides)
     pretrain: TrainingSpec = Field(default_factory=TrainingSpec)

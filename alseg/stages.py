@@ -1,7 +1,8 @@
 """Pipeline stages driven by a job spec. Each reads its inputs and writes its artefacts under the
 run directory, and is skipped on rerun when its signature is unchanged.
 
-Today: pseudo-labels and evaluation; nnU-Net, embeddings, selection and prediction join as they land.
+Today: pseudo-labels, nnU-Net pretraining on them, evaluation; fine-tuning rounds, embeddings,
+selection and whole-volume prediction join as they land.
 """
 
 from __future__ import annotations
@@ -53,3 +54,77 @@ def evaluate(spec: Any, labels_url: str, *, runner: Any = None) -> dict[str, Any
     if gt is None:
         raise SpecError("input.ground_truth is not set: nothing to evaluate against")
     return evaluate_volumes(gt, labels_url, thresholds=spec.evaluation.iou_thresholds, runner=runner)
+
+
+def nnunet_dirs(spec: Any):
+    """nnU-Net's folders under the run directory (nnU-Net reads and writes local files only)."""
+    from alseg.errors import SpecError
+    from alseg.nnunet import NnUNetDirs
+
+    if st.protocol_of(spec.run.dir) not in ("file", "local"):
+        raise SpecError(f"run.dir {st.redact(spec.run.dir)}: the nnU-Net stages need a local run directory "
+                        "(nnU-Net reads and writes local files); keep the input on object storage, the run directory local")
+    return NnUNetDirs(st.join(spec.run.dir, "nnunet"))
+
+
+def _digest(obj: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fresh_dataset(dirs: Any, dataset_id: int, name: str) -> None:
+    """Remove what an earlier run with other inputs left for this dataset (raw cases, preprocessed data, models)."""
+    import shutil
+
+    from alseg.nnunet.paths import dataset_name
+
+    for root in (dirs.raw, dirs.preprocessed, dirs.results):
+        shutil.rmtree(st.join(root, dataset_name(dataset_id, name)), ignore_errors=True)
+
+
+def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[str, Any]:
+    """Stage 3: nnU-Net configures itself on the pseudo-labels of the candidate pool and pretrains.
+
+    Every pool patch (the held-out region excluded) becomes a case of ``Dataset001_pseudo``;
+    plans follow the spec's overrides; the model folder and the intensity normalisation are
+    recorded in ``<run dir>/nnunet/pretrain.json``. A rerun with the same inputs reuses them.
+    """
+    import json
+    import os
+
+    from alseg import __version__
+    from alseg.io.omezarr import open_volume
+    from alseg.nnunet import IntensityNorm, export_dataset, plan_and_preprocess, train
+    from alseg.preflight import patch_grid_of
+
+    dirs = nnunet_dirs(spec).make()
+    pl = run_pseudolabels(spec, progress=progress)
+    pl_sig = open_volume(pl["url"]).provenance().get("signature_sha256")
+    image = open_volume(spec.input.url, level=spec.input.level)
+    boxes = [p.valid for p in patch_grid_of(spec, image.shape).patches()]
+    n = spec.nnunet
+    signature = {"pseudolabels": pl_sig, "patches": spec.patches.model_dump(mode="json"), "configuration": n.configuration,
+                 "boundary_class": n.boundary_class, "plan_overrides": n.plan_overrides.model_dump(mode="json"),
+                 "pretrain": n.pretrain.model_dump(mode="json"), "input": st.redact(spec.input.url), "level": spec.input.level,
+                 "alseg": __version__}
+    digest = _digest(signature)
+    record_path = os.path.join(dirs.root, "pretrain.json")
+    if os.path.isfile(record_path):
+        with open(record_path) as fh:
+            record = json.load(fh)
+        if record.get("signature_sha256") == digest and os.path.isfile(os.path.join(record["model_folder"], "fold_all", "checkpoint_final.pth")):
+            return {**record, "reused": True}
+    _fresh_dataset(dirs, 1, "pseudo")
+    norm = IntensityNorm.of_volume(spec.input.url)
+    export_dataset(dirs, 1, "pseudo", spec.input.url, pl["url"], boxes, norm=norm, boundary=n.boundary_class, level=spec.input.level)
+    plans = plan_and_preprocess(dirs, 1, configuration=n.configuration, overrides=n.plan_overrides.model_dump(), echo=echo)
+    folder = train(dirs, 1, "pseudo", n.pretrain, configuration=n.configuration, device=n.device, echo=echo)
+    conf = plans["configurations"][n.configuration]
+    record = {"signature": signature, "signature_sha256": digest, "model_folder": folder, "norm": norm.to_json(),
+              "cases": len(boxes), "patch_size": conf["patch_size"], "batch_size": conf["batch_size"],
+              "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"]}
+    with open(record_path, "w") as fh:
+        json.dump(record, fh, indent=1)
+    return {**record, "reused": False}

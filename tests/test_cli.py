@@ -20,12 +20,12 @@ def alseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_explains_every_command():
     res = alseg("--help")
     assert res.returncode == 0
-    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "evaluate", "demo"):
+    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "evaluate", "demo"):
         assert cmd in res.stdout
         sub = alseg(cmd, "--help")
         assert sub.returncode == 0 and len(sub.stdout) > 200, cmd
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "evaluate", "demo"}
+    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "evaluate", "demo"}
 
 
 def test_synth_info_and_refusal_to_overwrite(tmp_path):
@@ -122,3 +122,32 @@ def test_pseudolabel_and_evaluate_commands(tmp_path, capsys):
     bad.write_text(f"input: {{url: {tmp_path / 'missing.zarr'}, ground_truth: mito}}\nrun: {{dir: {tmp_path / 'r2'}}}\n")
     assert main(["pseudolabel", str(bad), "-q"]) == 2
     assert "input.url" in capsys.readouterr().err
+
+
+
+@pytest.mark.slow
+def test_pretrain_command_plans_and_trains_on_pseudolabels_then_reuses(tmp_path, capsys):
+    from alseg.synth import SynthParams, write_synthetic
+
+    write_synthetic(tmp_path / "v.zarr", SynthParams.preset("easy", shape=(32, 128, 128), seed=4))
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        f"input: {{url: {tmp_path / 'v.zarr'}, ground_truth: mitochondria}}\n"
+        f"run: {{dir: {tmp_path / 'run'}}}\n"
+        "patches: {shape_vox: [16, 64, 64], holdout: {kind: fraction, axis: z, fraction: 0.5}}\n"
+        "selection: {method: random, budget: 2}\n"
+        "pseudolabel: {method: classical, block_shape_vox: [16, 64, 64], halo_px: 32, min_size_vox: 50}\n"
+        "nnunet:\n  device: cpu\n  boundary_class: true\n"
+        "  plan_overrides: {patch_size_vox: [16, 64, 64], batch_size: 2, n_stages: 4, features_per_stage: [8, 16, 32, 64]}\n"
+        "  pretrain: {epochs: 2, iterations_per_epoch: 2, val_iterations_per_epoch: 1, final_validation: false}\n")
+    assert main(["pretrain", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "nnU-Net train_loss" in out and "pretrained nnU-Net ->" in out
+    record = json.loads((tmp_path / "run" / "nnunet" / "pretrain.json").read_text())
+    assert record["cases"] == 4, "the pool: 2 x 2 patches of the upper half; the held-out half never enters"
+    assert record["patch_size"] == [16, 64, 64] and record["features_per_stage"] == [8, 16, 32, 64]
+    dataset = json.loads((tmp_path / "run" / "nnunet" / "raw" / "Dataset001_pseudo" / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "mitochondria": 1, "boundary": 2}
+    assert dataset["alseg"]["labels"].endswith("pseudolabels.zarr"), "trained on the pseudo-labels, not the truth"
+    assert main(["pretrain", str(spec), "-q"]) == 0
+    assert "reused: same inputs" in capsys.readouterr().out
