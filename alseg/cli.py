@@ -220,6 +220,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """The whole input through the pretrained nnU-Net, block by block, then 3D instances; scored on the held-out region."""
+    from alseg import stages
+    from alseg.spec import load_spec
+
+    spec = load_spec(args.spec)
+    res = stages.run_predict(spec, progress=_progress(args))
+    print(f"prediction -> {res['classes']} (classes), {res['instances']} ({res['objects']} instances)")
+    if spec.input.ground_truth is not None:
+        held = spec.patches.holdout is not None
+        print("on the held-out region:" if held else "on the whole volume:")
+        _print_scores(stages.evaluate(spec, res["instances"], holdout_only=held))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Instance metrics of a label volume against ground truth, block by block."""
     from alseg.evaluate.metrics import evaluate_volumes
@@ -325,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Make (or reuse) the spec's pseudo-labels, export every candidate patch with them as an nnU-Net "
             "dataset in the run directory, let nnU-Net plan (with the spec's plan_overrides) and preprocess, and "
             "pretrain with the spec's nnunet.pretrain schedule. Logs and checkpoints stay in <run dir>/nnunet.")
+    p.add_argument("spec", help="path of the YAML job spec")
+
+    p = add("predict", cmd_predict, "predict the whole volume with the trained nnU-Net, then 3D instances (stage 7)",
+            "Run the pretrained nnU-Net over the whole input block by block (prediction.block_shape_vox, halo_vox), "
+            "write <run dir>/prediction/classes.zarr, the mitochondria mask and the stitched 3D instances "
+            "(postprocess section: connectivity, min_size_vox, watershed), and score them on the held-out region.")
     p.add_argument("spec", help="path of the YAML job spec")
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",

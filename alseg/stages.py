@@ -45,15 +45,22 @@ def ground_truth_url(spec: Any) -> str | None:
     return gt if ("/" in gt or ":" in gt) else st.join(spec.input.url, "labels", gt)
 
 
-def evaluate(spec: Any, labels_url: str, *, runner: Any = None) -> dict[str, Any]:
-    """Score a label volume against the spec's ground truth at its IoU thresholds."""
+def evaluate(spec: Any, labels_url: str, *, runner: Any = None, holdout_only: bool = False) -> dict[str, Any]:
+    """Score a label volume against the spec's ground truth at its IoU thresholds (on the held-out
+    evaluation region only, with ``holdout_only``)."""
     from alseg.errors import SpecError
     from alseg.evaluate.metrics import evaluate_volumes
 
     gt = ground_truth_url(spec)
     if gt is None:
         raise SpecError("input.ground_truth is not set: nothing to evaluate against")
-    return evaluate_volumes(gt, labels_url, thresholds=spec.evaluation.iou_thresholds, runner=runner)
+    region = None
+    if holdout_only:
+        from alseg.io.omezarr import open_volume
+        from alseg.preflight import holdout_of
+
+        region = holdout_of(spec, open_volume(labels_url).shape)
+    return evaluate_volumes(gt, labels_url, thresholds=spec.evaluation.iou_thresholds, runner=runner, region=region)
 
 
 def nnunet_dirs(spec: Any):
@@ -128,3 +135,77 @@ def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[
     with open(record_path, "w") as fh:
         json.dump(record, fh, indent=1)
     return {**record, "reused": False}
+
+
+def _classes_to_mask(classes: "np.ndarray", value: int = 1) -> "np.ndarray":
+    import numpy as np
+
+    return (classes == value).astype(np.uint8)
+
+
+def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Stage 7: the whole volume through the trained nnU-Net, block by block, then 3D instances.
+
+    Writes ``<run dir>/prediction/classes.zarr`` (uint8 class map), ``mask.zarr`` (mitochondria
+    class) and ``instances.zarr`` (stitched instances, optionally split by the seeded watershed),
+    each an OME-Zarr label image with a pyramid. Uses the pretrained model unless ``model_folder``
+    (and its ``norm``) are given. Resumable: block records live under ``<run dir>/work/predict``.
+    """
+    import json
+    import os
+
+    from alseg.blockwise import map_volume
+    from alseg.errors import SpecError
+    from alseg.io.omezarr import build_pyramid, create_label_image, open_volume
+    from alseg.nnunet import IntensityNorm
+    from alseg.nnunet.predict import predict_volume
+    from alseg.postprocess.stitch import label_components
+    from alseg.runtime import Resources, runner_from_spec
+
+    if model_folder is None:
+        record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
+        if not os.path.isfile(record_path):
+            raise SpecError("no trained model in the run directory: run the pretraining stage first (alseg pretrain)")
+        with open(record_path) as fh:
+            record = json.load(fh)
+        model_folder, norm = record["model_folder"], record["norm"]
+    if norm is None:
+        raise SpecError("predicting with a given model folder needs its intensity normalisation")
+    own = runner is None
+    runner = runner or runner_from_spec(spec.resources, progress=progress)
+    out_dir = st.join(spec.run.dir, "prediction")
+    work = st.join(spec.run.dir, "work", "predict", os.path.basename(os.path.dirname(model_folder)))
+    try:
+        res = Resources.from_spec(spec.resources.prediction)
+        workers = spec.resources.prediction.workers or runner.capacity(res)
+        device = spec.nnunet.device if spec.nnunet.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
+        p = spec.prediction
+        classes_url = st.join(out_dir, "classes.zarr")
+        predict_volume(model_folder, spec.input.url, classes_url, norm=IntensityNorm(**norm), block_shape=p.block_shape_vox,
+                       halo=p.halo_vox, level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
+                       device=device, mirroring=p.mirroring)
+        build_pyramid(classes_url, kind="mode", runner=runner, work_dir=work)
+        image = open_volume(spec.input.url, level=spec.input.level)
+        q = spec.postprocess
+        mask_url = st.join(out_dir, "mask.zarr")
+        if not st.exists(st.join(mask_url, "zarr.json")):
+            create_label_image(mask_url, like=image, chunks=q.block_shape_vox, dtype="uint8", name="mitochondria-mask")
+        map_volume(_classes_to_mask, [classes_url], mask_url, block_shape=q.block_shape_vox, runner=runner, work_dir=work, name="mask")
+        inst_url = st.join(out_dir, "instances.zarr")
+        if not st.exists(st.join(inst_url, "zarr.json")):
+            create_label_image(inst_url, like=image, chunks=q.block_shape_vox, name="mitochondria")
+        if q.watershed == "none":
+            info = label_components(mask_url, inst_url, block_shape=q.block_shape_vox, work_dir=st.join(work, "instances"),
+                                    connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
+        elif q.watershed == "distance":
+            from alseg.postprocess.watershed import split_instances
+
+            info = split_instances(mask_url, inst_url, block_shape=q.block_shape_vox, halo=q.halo_vox, work_dir=st.join(work, "instances"),
+                                   seed_distance_nm=q.seed_distance_nm, connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
+        else:
+            raise SpecError("postprocess.watershed: boundary needs a boundary probability map, which prediction does not write yet; use distance")
+        return {"classes": classes_url, "mask": mask_url, "instances": inst_url, "objects": info["objects"], "model_folder": model_folder}
+    finally:
+        if own:
+            runner.close()

@@ -20,12 +20,12 @@ def alseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_explains_every_command():
     res = alseg("--help")
     assert res.returncode == 0
-    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "evaluate", "demo"):
+    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "evaluate", "demo"):
         assert cmd in res.stdout
         sub = alseg(cmd, "--help")
         assert sub.returncode == 0 and len(sub.stdout) > 200, cmd
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "evaluate", "demo"}
+    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "evaluate", "demo"}
 
 
 def test_synth_info_and_refusal_to_overwrite(tmp_path):
@@ -139,7 +139,9 @@ def test_pretrain_command_plans_and_trains_on_pseudolabels_then_reuses(tmp_path,
         "pseudolabel: {method: classical, block_shape_vox: [16, 64, 64], halo_px: 32, min_size_vox: 50}\n"
         "nnunet:\n  device: cpu\n  boundary_class: true\n"
         "  plan_overrides: {patch_size_vox: [16, 64, 64], batch_size: 2, n_stages: 4, features_per_stage: [8, 16, 32, 64]}\n"
-        "  pretrain: {epochs: 2, iterations_per_epoch: 2, val_iterations_per_epoch: 1, final_validation: false}\n")
+        "  pretrain: {epochs: 2, iterations_per_epoch: 2, val_iterations_per_epoch: 1, final_validation: false}\n"
+        "prediction: {block_shape_vox: [16, 64, 64], halo_vox: [8, 32, 32]}\n"
+        "postprocess: {block_shape_vox: [16, 64, 64], halo_vox: [8, 16, 16], min_size_vox: 10, watershed: distance, seed_distance_nm: 40}\n")
     assert main(["pretrain", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "nnU-Net train_loss" in out and "pretrained nnU-Net ->" in out
@@ -151,3 +153,23 @@ def test_pretrain_command_plans_and_trains_on_pseudolabels_then_reuses(tmp_path,
     assert dataset["alseg"]["labels"].endswith("pseudolabels.zarr"), "trained on the pseudo-labels, not the truth"
     assert main(["pretrain", str(spec), "-q"]) == 0
     assert "reused: same inputs" in capsys.readouterr().out
+    # stage 7: the whole volume through the model, instances, scores on the held-out half
+    assert main(["predict", str(spec), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "on the held-out region:" in out and "at IoU 0.5" in out
+    from alseg.io.omezarr import open_volume
+    from alseg.nnunet.predict import load_predictor
+
+    classes = open_volume(tmp_path / "run" / "prediction" / "classes.zarr").read()
+    assert classes.shape == (32, 128, 128) and set(np.unique(classes)) <= {0, 1, 2}
+    mask = open_volume(tmp_path / "run" / "prediction" / "mask.zarr").read()
+    assert np.array_equal(mask, (classes == 1).astype(np.uint8))
+    inst = open_volume(tmp_path / "run" / "prediction" / "instances.zarr").read()
+    assert not inst[mask == 0].any(), "instances lie inside the predicted mitochondria"
+    # the blockwise class map is nnU-Net's own prediction of the whole array
+    from alseg.nnunet import IntensityNorm
+
+    norm = IntensityNorm(**record["norm"])
+    own = load_predictor(record["model_folder"]).predict_single_npy_array(
+        norm(open_volume(tmp_path / "v.zarr").read())[None], {"spacing": [30.0, 8.0, 8.0]})
+    assert (own == classes).mean() >= 0.999
