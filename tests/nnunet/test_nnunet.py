@@ -118,3 +118,41 @@ def test_missing_model_and_checkpoint_errors(tmp_path):
         load_predictor(str(tmp_path / "Dataset001_x" / "nnUNetTrainerAlseg__nnUNetPlans__3d_fullres"))
     with pytest.raises(NnUNetError, match="does not exist"):
         train(NnUNetDirs(str(tmp_path)), 1, "x", TrainingSpec(epochs=1), pretrained=str(tmp_path / "none.pth"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(volume):
+    root, url = volume
+    dirs = NnUNetDirs(str(root / "nnunet-tiny"))
+    norm = IntensityNorm.of_volume(url)
+    export_dataset(dirs, 7, "tiny", url, url + "/labels/mitochondria", BOXES[:4], norm=norm)
+    plan_and_preprocess(dirs, 7, overrides=TINY)
+    folder = train(dirs, 7, "tiny", TrainingSpec(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, final_validation=False), device="cpu")
+    return folder, norm
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume, tiny_model, ray_cluster, tmp_path):
+    root, url = volume
+    folder, norm = tiny_model
+    serial, ray_out, prob = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr"), str(tmp_path / "p.zarr")
+    predict_volume(folder, url, serial, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32))
+    res = predict_volume(folder, url, ray_out, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32), probability_url=prob,
+                         runner=ray_cluster, workers=2, work_dir=str(tmp_path / "work"))
+    assert res["blocks"] == 8 and len(list((tmp_path / "work" / "predict").glob("*.json"))) == 8
+    classes = open_volume(ray_out).read()
+    assert np.array_equal(open_volume(serial).read(), classes)
+    p = open_volume(prob).read()
+    assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+    assert (classes[p > 0.5] == 1).all(), "a class-1 probability above one half is the argmax"
+
+
+def test_prediction_refuses_another_voxel_size(volume, tiny_model, tmp_path):
+    from alseg.errors import SpecError
+
+    _, url = volume
+    folder, norm = tiny_model
+    other = create_image(tmp_path / "o.zarr", shape=(16, 64, 64), dtype="uint8", chunks=(16, 64, 64), voxel_size_nm=(40, 8, 8), levels=1)
+    with pytest.raises(SpecError, match="trained at"):
+        predict_volume(folder, other.url, str(tmp_path / "c.zarr"), norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0))
