@@ -173,16 +173,23 @@ def _print_scores(scores: dict) -> None:
               f"accuracy {s['accuracy']:.3f}  PQ {s['panoptic_quality']:.3f}")
 
 
-def cmd_pseudolabel(args: argparse.Namespace) -> int:
-    """Pseudo-labels for a job spec's input, into its run directory; scored when it names ground truth."""
-    from alseg import stages
+def _checked_spec(path: str):
+    """A job spec that is valid and fits its input (else a SpecError naming every problem)."""
     from alseg.preflight import preflight
     from alseg.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(path)
     report = preflight(spec)
     if not report.ok:
         raise SpecError("; ".join(f"{p}: {m}" for p, m in report.problems), report.problems)
+    return spec
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> int:
+    """Pseudo-labels for a job spec's input, into its run directory; scored when it names ground truth."""
+    from alseg import stages
+
+    spec = _checked_spec(args.spec)
     pl = stages.run_pseudolabels(spec, progress=_progress(args))
     print(f"pseudo-labels ({pl['method']}) -> {pl['url']}" + ("  (reused: same signature)" if pl["reused"] else ""))
     _print_summary("pseudo-labels", {k: pl[k] for k in ("objects", "pieces_2d", "links")})
@@ -207,13 +214,8 @@ def _training_echo(args: argparse.Namespace):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pseudo-labels (reused when unchanged), then nnU-Net plans itself on them and pretrains."""
     from alseg import stages
-    from alseg.preflight import preflight
-    from alseg.spec import load_spec
 
-    spec = load_spec(args.spec)
-    report = preflight(spec)
-    if not report.ok:
-        raise SpecError("; ".join(f"{p}: {m}" for p, m in report.problems), report.problems)
+    spec = _checked_spec(args.spec)
     res = stages.run_pretrain(spec, progress=_progress(args), echo=_training_echo(args))
     print(f"pretrained nnU-Net -> {res['model_folder']}" + ("  (reused: same inputs)" if res["reused"] else ""))
     _print_summary("plans", {k: res[k] for k in ("cases", "patch_size", "batch_size", "features_per_stage")})
@@ -223,9 +225,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """The whole input through the pretrained nnU-Net, block by block, then 3D instances; scored on the held-out region."""
     from alseg import stages
-    from alseg.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = _checked_spec(args.spec)
     res = stages.run_predict(spec, progress=_progress(args))
     print(f"prediction -> {res['classes']} (classes), {res['instances']} ({res['objects']} instances)")
     if spec.input.ground_truth is not None:
@@ -330,23 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connectivity", type=int, choices=(6, 26), default=26, help="3D connectivity of instances")
     p.add_argument("--overwrite", action="store_true", help="replace an output that already holds data")
 
-    p = add("pseudolabel", cmd_pseudolabel, "make the pseudo-labels of a job spec's input (stage 2)",
-            "Run the spec's pseudo-labeller (classical, sam or cellsam) over the whole input volume, block by "
-            "block, link 2D instances into 3D and write <run dir>/pseudolabels.zarr; a rerun with an unchanged "
-            "signature reuses them. Scores them when the spec names ground truth.")
-    p.add_argument("spec", help="path of the YAML job spec")
-
-    p = add("pretrain", cmd_pretrain, "pseudo-labels, then nnU-Net self-configures and pretrains on them (stage 3)",
-            "Make (or reuse) the spec's pseudo-labels, export every candidate patch with them as an nnU-Net "
-            "dataset in the run directory, let nnU-Net plan (with the spec's plan_overrides) and preprocess, and "
-            "pretrain with the spec's nnunet.pretrain schedule. Logs and checkpoints stay in <run dir>/nnunet.")
-    p.add_argument("spec", help="path of the YAML job spec")
-
-    p = add("predict", cmd_predict, "predict the whole volume with the trained nnU-Net, then 3D instances (stage 7)",
-            "Run the pretrained nnU-Net over the whole input block by block (prediction.block_shape_vox, halo_vox), "
-            "write <run dir>/prediction/classes.zarr, the mitochondria mask and the stitched 3D instances "
-            "(postprocess section: connectivity, min_size_vox, watershed), and score them on the held-out region.")
-    p.add_argument("spec", help="path of the YAML job spec")
+    stage_commands = (
+        ("pseudolabel", cmd_pseudolabel, "make the pseudo-labels of a job spec's input (stage 2)",
+         "Run the spec's pseudo-labeller (classical, sam or cellsam) over the whole input volume, block by "
+         "block, link 2D instances into 3D and write <run dir>/pseudolabels.zarr; a rerun with an unchanged "
+         "signature reuses them. Scores them when the spec names ground truth."),
+        ("pretrain", cmd_pretrain, "pseudo-labels, then nnU-Net self-configures and pretrains on them (stage 3)",
+         "Make (or reuse) the spec's pseudo-labels, export every candidate patch with them as an nnU-Net "
+         "dataset in the run directory, let nnU-Net plan (with the spec's plan_overrides) and preprocess, and "
+         "pretrain with the spec's nnunet.pretrain schedule. Logs and checkpoints stay in <run dir>/nnunet."),
+        ("predict", cmd_predict, "predict the whole volume with the trained nnU-Net, then 3D instances (stage 7)",
+         "Run the pretrained nnU-Net over the whole input block by block (prediction.block_shape_vox, halo_vox), "
+         "write <run dir>/prediction/classes.zarr, the mitochondria mask and the stitched 3D instances "
+         "(postprocess section: connectivity, min_size_vox, watershed), and score them on the held-out region."),
+    )
+    for name, fn, help_text, description in stage_commands:
+        add(name, fn, help_text, description).add_argument("spec", help="path of the YAML job spec")
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",
             "Instance matching at IoU thresholds (one-to-one, optimal), with F1, precision, recall, accuracy, "
