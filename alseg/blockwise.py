@@ -54,8 +54,9 @@ def run_blocks(
     worker: tuple[type, tuple[Any, ...]] | None = None,
     workers: int = 1,
     resources: Resources | None = None,
+    select: Callable[[Block], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run ``fn(payload(block))`` for every block of ``grid``; ``{block key: result}``.
+    """Run ``fn(payload(block))`` for every block of ``grid`` (or those ``select`` keeps); ``{block key: result}``.
 
     With ``work_dir``, completion records go to ``work_dir/name`` and a rerun skips finished
     blocks (``fn`` must make its output durable before it returns, and return JSON-serialisable
@@ -64,8 +65,9 @@ def run_blocks(
     """
     runner = runner or SerialRunner(progress=False)
     markers = CompletionMarkers(_join(work_dir, name)) if work_dir is not None else None
-    items = [WorkItem(b.key, payload(b)) for b in grid]
-    sizes = {b.key: b.write.size for b in grid}
+    blocks = [b for b in grid if select is None or select(b)]
+    items = [WorkItem(b.key, payload(b)) for b in blocks]
+    sizes = {b.key: b.write.size for b in blocks}
     if worker is not None:
         cls, args = worker
         return runner.map_workers(cls, args, items, workers=workers, resources=resources, markers=markers,

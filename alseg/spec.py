@@ -318,6 +318,9 @@ class _Blockwise(_Model):
 
 
 class PredictionSpec(_Blockwise):
+    tiling: Literal["global", "halo"] = Field(
+        "global", description="global: nnU-Net's tiles placed on the whole volume, each computed once (no halo needed); "
+        "halo: each block slides its own window over the block grown by halo_vox")
     mirroring: bool = False
     gaussian_blending: bool = True
     output: Literal["semantic", "probabilities"] = "semantic"

@@ -184,7 +184,7 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
         classes_url = st.join(out_dir, "classes.zarr")
         predict_volume(model_folder, spec.input.url, classes_url, norm=IntensityNorm(**norm), block_shape=p.block_shape_vox,
                        halo=p.halo_vox, level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
-                       device=device, mirroring=p.mirroring)
+                       device=device, mirroring=p.mirroring, tiling=p.tiling)
         build_pyramid(classes_url, kind="mode", runner=runner, work_dir=work)
         image = open_volume(spec.input.url, level=spec.input.level)
         q = spec.postprocess

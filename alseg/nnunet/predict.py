@@ -62,6 +62,27 @@ class _PredictJob:
     block: Block
 
 
+@dataclass(frozen=True)
+class _TileJob:
+    """A block of the global-tiling mode: the tiles whose start lies in it, plus what its lower
+    neighbours' tiles left in it (their overhang pieces)."""
+
+    image: str
+    level: int
+    classes: str
+    probability: str | None
+    block: Block
+    index: tuple[int, int, int]
+    grid_shape: tuple[int, int, int]
+    steps: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    patch: tuple[int, int, int]
+    pieces: str  # folder of overhang pieces
+
+
+def _piece_path(folder: str, index: Sequence[int], d: Sequence[int]) -> str:
+    return os.path.join(folder, "b_" + "_".join(map(str, index)), "d" + "".join(map(str, d)) + ".npz")
+
+
 class BlockPredictor:
     """A trained nnU-Net, loaded once per worker, predicting blocks."""
 
@@ -78,7 +99,9 @@ class BlockPredictor:
             out = self.predictor.predict_sliding_window_return_logits(tensor)
         return out.float().cpu().numpy() if hasattr(out, "cpu") else np.asarray(out, dtype=np.float32)
 
-    def __call__(self, job: _PredictJob) -> dict[str, Any]:
+    def __call__(self, job: _PredictJob | _TileJob) -> dict[str, Any]:
+        if isinstance(job, _TileJob):
+            return self.tiles(job)
         from alseg.io.omezarr import open_volume
 
         b = job.block
@@ -93,6 +116,85 @@ class BlockPredictor:
             open_volume(job.probability, mode="r+").write(b.write, fg)
         open_volume(job.classes, mode="r+").write(b.write, classes)
         return {"foreground": int((classes == 1).sum())}
+
+
+def _write(job, logits: np.ndarray) -> dict[str, Any]:
+    from alseg.io.omezarr import open_volume
+
+    classes = logits.argmax(0).astype(np.uint8)
+    if job.probability is not None:
+        e = np.exp(logits - logits.max(0, keepdims=True))
+        open_volume(job.probability, mode="r+").write(job.block.write, (e[1] / e.sum(0)).astype(np.float32))
+    open_volume(job.classes, mode="r+").write(job.block.write, classes)
+    return {"foreground": int((classes == 1).sum())}
+
+
+def _tiles_of(job: _TileJob):
+    w = job.block.write
+    own = [[s for s in steps if w.start[a] <= s < w.stop[a]] for a, steps in enumerate(job.steps)]
+    stop = tuple(max([w.stop[a]] + [s + job.patch[a] for s in own[a]]) for a in range(3))
+    return own, stop
+
+
+def _tiles(self: BlockPredictor, job: _TileJob) -> dict[str, Any]:
+    """Own tiles once each, Gaussian-weighted; overhangs handed on; lower neighbours' overhangs added."""
+    import itertools
+
+    import torch
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    from alseg.geometry import Box
+    from alseg.io.omezarr import open_volume
+
+    w = job.block.write
+    own, stop = _tiles_of(job)
+    ext = Box(w.start, stop)
+    data = self.norm(open_volume(job.image, level=job.level).read(ext))
+    n_cls = self.predictor.label_manager.num_segmentation_heads
+    acc = np.zeros((n_cls, *ext.shape), np.float32)
+    weight = np.zeros(ext.shape, np.float32)
+    gauss = compute_gaussian(job.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32, device=torch.device("cpu")).numpy()
+    net = self.predictor
+    ctx = torch.autocast(net.device.type) if net.device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        net.network = net.network.to(net.device).eval()
+        for start in itertools.product(*own):
+            sl = tuple(slice(s - w.start[a], s - w.start[a] + job.patch[a]) for a, s in enumerate(start))
+            tile = torch.from_numpy(np.ascontiguousarray(data[sl]))[None, None].to(net.device)
+            out = net._internal_maybe_mirror_and_predict(tile)[0].float().cpu().numpy()
+            acc[(slice(None),) + sl] += out * gauss
+            weight[sl] += gauss
+    # hand the overhangs (beyond the write region) to the upper neighbours, each its piece
+    wshape = w.shape
+    for d in itertools.product((0, 1), repeat=3):
+        if not any(d):
+            continue
+        target = tuple(i + di for i, di in zip(job.index, d))
+        if any(t >= g for t, g in zip(target, job.grid_shape)):
+            continue
+        sl = tuple(slice(wshape[a], None) if d[a] else slice(0, wshape[a]) for a in range(3))
+        if weight[sl].size and weight[sl].any():
+            path = _piece_path(job.pieces, target, d)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, acc=acc[(slice(None),) + sl], weight=weight[sl])
+            os.replace(tmp, path)
+    # and take what the lower neighbours' tiles left here
+    inner = tuple(slice(0, n) for n in wshape)
+    acc, weight = acc[(slice(None),) + inner], weight[inner]
+    for d in itertools.product((0, 1), repeat=3):
+        path = _piece_path(job.pieces, job.index, d)
+        if any(d) and os.path.exists(path):
+            with np.load(path) as piece:
+                region = tuple(slice(0, n) for n in piece["weight"].shape)
+                acc[(slice(None),) + region] += piece["acc"]
+                weight[region] += piece["weight"]
+    if not (weight > 0).all():
+        raise RuntimeError(f"block {job.block.key}: some voxels are covered by no tile")
+    return _write(job, acc / weight)
+
+
+BlockPredictor.tiles = _tiles  # type: ignore[attr-defined]
 
 
 def predict_volume(
@@ -111,9 +213,19 @@ def predict_volume(
     resources: Resources | None = None,
     device: str = "cpu",
     mirroring: bool = False,
+    tiling: str = "global",
 ) -> dict[str, Any]:
     """Predict the class map of the image into ``classes_url`` (created here on the image's grid,
-    a label image of uint8 classes), block by block; resumable with ``work_dir``."""
+    a label image of uint8 classes), block by block; resumable with ``work_dir``.
+
+    ``tiling="global"`` (default): nnU-Net's sliding-window tiles are placed on the whole volume,
+    as nnU-Net's own predictor places them; each tile is computed once, by the block that holds
+    its start, and the part of its Gaussian-weighted logits that reaches into the next blocks is
+    handed to them (blocks run in wavefront order: a block after its lower neighbours). The
+    result is nnU-Net's whole-array prediction; no halo is read, so nothing is computed twice.
+    Blocks must be at least one patch wide (or span the axis). ``tiling="halo"``: every block
+    runs its own sliding window over the write region grown by ``halo`` (simpler, recomputes the
+    border tiles). ``work_dir`` (needed for global tiling) holds the overhang pieces."""
     import json
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
@@ -137,9 +249,42 @@ def predict_volume(
     if probability_url is not None and not os.path.exists(os.path.join(probability_url, "zarr.json")):
         create_image(probability_url, shape=image.shape, dtype="float32", chunks=grid.block_shape,
                      voxel_size_nm=image.voxel_size_nm, levels=1, name="probability")
-    results = run_blocks(
-        None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b),
-        runner=runner, work_dir=work_dir, name="predict", desc="nnU-Net blocks",
-        worker=(BlockPredictor, (model_folder, norm.to_json(), device, mirroring)), workers=workers, resources=resources,
-    )
+    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring))
+    patch = tuple(int(p) for p in plans["configurations"][configuration]["patch_size"])
+    fits = all(s >= p for s, p in zip(image.shape, patch))
+    if tiling == "global" and fits:
+        import tempfile
+
+        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+        tiles_grid = BlockGrid(image.shape, block_shape, 0)
+        narrow = [a for a in range(3) if tiles_grid.block_shape[a] < patch[a] and tiles_grid.block_shape[a] < image.shape[a]]
+        if narrow:
+            raise SpecError(f"blocks {tiles_grid.block_shape} are narrower than the patch {patch} on axes {narrow}: "
+                            "make them at least one patch wide")
+        steps = tuple(tuple(int(s) for s in axis) for axis in compute_steps_for_sliding_window(image.shape, patch, 0.5))
+        pieces = os.path.join(work_dir, "overhangs") if work_dir else tempfile.mkdtemp(prefix="alseg-overhangs-")
+        gshape = tiles_grid.grid_shape
+        results: dict[str, Any] = {}
+        for wave in range(sum(gshape) - 2):
+            results.update(run_blocks(
+                None, tiles_grid,
+                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, _index(b, tiles_grid), gshape, steps, patch, pieces),
+                runner=runner, work_dir=work_dir, name="predict", desc=f"nnU-Net wave {wave + 1}/{sum(gshape) - 2}",
+                worker=worker, workers=workers, resources=resources, select=lambda b, w=wave: sum(_index(b, tiles_grid)) == w,
+            ))
+        if not work_dir:
+            import shutil
+
+            shutil.rmtree(pieces, ignore_errors=True)
+    else:
+        results = run_blocks(
+            None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b),
+            runner=runner, work_dir=work_dir, name="predict", desc="nnU-Net blocks",
+            worker=worker, workers=workers, resources=resources,
+        )
     return {"blocks": len(results), "foreground_voxels": sum(r["foreground"] for r in results.values()), "url": classes_url}
+
+
+def _index(block: Block, grid: BlockGrid) -> tuple[int, int, int]:
+    return tuple(s // b for s, b in zip(block.write.start, grid.block_shape))  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from alseg.nnunet.dataset import targets
 from alseg.nnunet.predict import load_predictor, predict_volume
 from alseg.spec import TrainingSpec
 from alseg.synth import SynthParams, write_synthetic
+from nnunet_reference import whole_volume_classes
 
 TINY = {"patch_size_vox": [16, 64, 64], "batch_size": 2, "n_stages": 4, "features_per_stage": [8, 16, 32, 64]}
 BOXES = [Box((z, y, x), (z + 16, y + 64, x + 64)) for z in (0, 16) for y in (0, 64) for x in (0, 64)]
@@ -100,14 +101,18 @@ def test_export_plan_pretrain_finetune_predict(volume, monkeypatch):
     assert any(w_pre[k].std() > 0 for k in encoder) and fresh is not None
     assert "pretrained" in read(os.path.join(dirs.logs, "train-002.log")).lower()
 
-    # 3. blockwise prediction equals nnU-Net's own whole-array prediction
+    # 3. blockwise prediction (tiles on the global grid, overhangs handed between blocks) is the
+    # whole-volume sliding window: equal to a plain float32 reference, whatever the block layout
     out = str(root / "classes.zarr")
-    res = predict_volume(fine, url, out, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32), work_dir=str(root / "work"))
+    res = predict_volume(fine, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(root / "work"))
     assert res["blocks"] == 8
     ours = open_volume(out).read()
-    own = load_predictor(fine).predict_single_npy_array(norm(open_volume(url).read())[None], {"spacing": [30.0, 8.0, 8.0]})
-    agreement = (ours == own).mean()
-    assert agreement >= 0.999, agreement
+    predictor = load_predictor(fine)
+    data = norm(open_volume(url).read())
+    assert np.array_equal(ours, whole_volume_classes(predictor, data))
+    # nnU-Net's own predictor accumulates in float16: a few near-tie voxels differ
+    own = predictor.predict_single_npy_array(data[None], {"spacing": [30.0, 8.0, 8.0]})
+    assert (ours == own).mean() >= 0.99
     assert {k: os.environ.get(k) for k in before} == before, "no nnU-Net environment left behind"
 
 
@@ -137,12 +142,15 @@ def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume,
     root, url = volume
     folder, norm = tiny_model
     serial, ray_out, prob = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr"), str(tmp_path / "p.zarr")
-    predict_volume(folder, url, serial, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32))
-    res = predict_volume(folder, url, ray_out, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32), probability_url=prob,
+    predict_volume(folder, url, serial, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0))  # one block
+    res = predict_volume(folder, url, ray_out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
                          runner=ray_cluster, workers=2, work_dir=str(tmp_path / "work"))
     assert res["blocks"] == 8 and len(list((tmp_path / "work" / "predict").glob("*.json"))) == 8
     classes = open_volume(ray_out).read()
-    assert np.array_equal(open_volume(serial).read(), classes)
+    assert np.array_equal(open_volume(serial).read(), classes), "8 blocks on Ray equal one block"
+    halo_mode = str(tmp_path / "h.zarr")
+    predict_volume(folder, url, halo_mode, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32), tiling="halo")
+    assert (open_volume(halo_mode).read() == classes).mean() >= 0.99, "the halo mode runs nnU-Net's own window per block"
     p = open_volume(prob).read()
     assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
     assert (classes[p > 0.5] == 1).all(), "a class-1 probability above one half is the argmax"
