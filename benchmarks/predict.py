@@ -7,7 +7,9 @@ speed) on a synthetic volume, then, each in its own child process (peak = the ch
 ``ru_maxrss``, everything it allocated), predicts the same volume with
 
 * nnU-Net's own ``predict_single_npy_array`` on the whole array (holds whole-volume logits), and
-* alseg's blockwise predictor (serial backend, one worker, chunk-aligned OME-Zarr output),
+* alseg's blockwise predictor (serial backend, one worker, chunk-aligned OME-Zarr output; default
+  global tiling: nnU-Net's tiles on the whole volume, each computed once, overhangs handed
+  between blocks; ``--tiling halo`` for the halo mode, which uses ``--halo``),
 
 and prints voxels per second and peak memory of each, their ratios, the voxel agreement of the
 two class maps, and alseg's peak memory on a volume 4x larger (z and y doubled).
@@ -27,7 +29,7 @@ import time
 
 CHILD = r"""
 import json, sys, time, numpy as np
-mode, url, folder, out, block, halo, norm = sys.argv[1:8]
+mode, url, folder, out, block, halo, norm, tiling = sys.argv[1:9]
 from alseg.nnunet import IntensityNorm
 norm = IntensityNorm(**json.loads(norm))
 from alseg.io.omezarr import open_volume
@@ -42,15 +44,16 @@ if mode == "nnunet":
 else:
     from alseg.nnunet.predict import predict_volume
     t0 = time.perf_counter()
-    predict_volume(folder, url, out, norm=norm, block_shape=json.loads(block), halo=json.loads(halo))
+    predict_volume(folder, url, out, norm=norm, block_shape=json.loads(block), halo=json.loads(halo), tiling=tiling,
+                   work_dir=out + "-work")
     seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds}))
 """
 
 
-def child(mode, url, folder, out, block, halo, norm) -> dict:
+def child(mode, url, folder, out, block, halo, norm, tiling="global") -> dict:
     code = (f"import json, resource, subprocess, sys; r = subprocess.run([sys.executable, '-c', {CHILD!r}, "
-            f"{mode!r}, {url!r}, {folder!r}, {out!r}, {json.dumps(block)!r}, {json.dumps(halo)!r}, {json.dumps(norm)!r}], "
+            f"{mode!r}, {url!r}, {folder!r}, {out!r}, {json.dumps(block)!r}, {json.dumps(halo)!r}, {json.dumps(norm)!r}, {tiling!r}], "
             f"capture_output=True, text=True); "
             f"assert r.returncode == 0, r.stderr[-3000:]; d = json.loads(r.stdout.strip().splitlines()[-1]); "
             f"d['peak_mib'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; print(json.dumps(d))")
@@ -64,7 +67,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", nargs=3, type=int, default=(48, 256, 256))
     ap.add_argument("--block", nargs=3, type=int, default=(32, 128, 128))
-    ap.add_argument("--halo", nargs=3, type=int, default=(8, 32, 32))
+    ap.add_argument("--halo", nargs=3, type=int, default=(8, 32, 32), help="halo of the halo mode")
+    ap.add_argument("--tiling", choices=("global", "halo"), default="global")
     args = ap.parse_args()
     import numpy as np
 
@@ -75,7 +79,8 @@ def main() -> None:
     from alseg.synth import SynthParams, write_synthetic
 
     shape, block, halo = tuple(args.shape), list(args.block), list(args.halo)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; volume {shape}, blocks {tuple(block)}, halo {tuple(halo)}; "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; volume {shape}, blocks {tuple(block)}, tiling {args.tiling}"
+          f"{' halo ' + str(tuple(halo)) if args.tiling == 'halo' else ''}; "
           "tiny plan (patch 16 x 64 x 64, 4 stages, features 8-64), CPU, no mirroring")
     with tempfile.TemporaryDirectory() as tmp:
         url = os.path.join(tmp, "v.zarr")
@@ -88,7 +93,7 @@ def main() -> None:
         folder = train(dirs, 1, "bench", TrainingSpec(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, final_validation=False), device="cpu")
         vox = int(np.prod(shape))
         own = child("nnunet", url, folder, os.path.join(tmp, "own.npy"), block, halo, norm.to_json())
-        ours = child("alseg", url, folder, os.path.join(tmp, "ours.zarr"), block, halo, norm.to_json())
+        ours = child("alseg", url, folder, os.path.join(tmp, "ours.zarr"), block, halo, norm.to_json(), args.tiling)
         agree = float((np.load(os.path.join(tmp, "own.npy")) == open_volume(os.path.join(tmp, "ours.zarr")).read()).mean())
         print(f"nnU-Net whole array : {vox / own['seconds']:10.0f} voxels/s  peak {own['peak_mib']:6.0f} MiB")
         print(f"alseg blockwise     : {vox / ours['seconds']:10.0f} voxels/s  peak {ours['peak_mib']:6.0f} MiB")
@@ -97,7 +102,7 @@ def main() -> None:
         big = (shape[0] * 2, shape[1] * 2, shape[2])
         url4 = os.path.join(tmp, "v4.zarr")
         write_synthetic(url4, SynthParams.preset("easy", shape=big, seed=1), chunks=tuple(min(b, s) for b, s in zip(block, big)))
-        ours4 = child("alseg", url4, folder, os.path.join(tmp, "ours4.zarr"), block, halo, norm.to_json())
+        ours4 = child("alseg", url4, folder, os.path.join(tmp, "ours4.zarr"), block, halo, norm.to_json(), args.tiling)
         print(f"alseg on {big} (4x voxels): {4 * vox / ours4['seconds']:10.0f} voxels/s  peak {ours4['peak_mib']:6.0f} MiB  "
               f"growth {ours4['peak_mib'] / ours['peak_mib'] - 1:+.1%} (target < +10%)")
 
