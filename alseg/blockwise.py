@@ -94,21 +94,27 @@ class ArrayJob:
     kwargs: tuple[tuple[str, Any], ...]
 
 
+def read_padded(url: str, block: Block, pad_mode: str = "edge") -> np.ndarray:
+    """The block's read region of the volume at ``url``, padded where the halo leaves the volume,
+    so it always has the shape ``write + 2 x halo``; crop results with ``block.write_in_padded``."""
+    from alseg.io.omezarr import open_volume
+
+    data = open_volume(url).read(block.read)
+    pads = list(zip(block.pad_before, block.pad_after))
+    if any(a or b for a, b in pads):
+        data = np.pad(data, pads, mode=pad_mode)  # type: ignore[call-overload]
+    return data
+
+
 def _process_array_block(job: ArrayJob) -> dict[str, Any]:
     from alseg.io.omezarr import open_volume
 
-    arrays = []
-    for url in job.inputs:
-        data = open_volume(url).read(job.block.read)
-        pads = list(zip(job.block.pad_before, job.block.pad_after))
-        if any(a or b for a, b in pads):
-            data = np.pad(data, pads, mode=job.pad_mode)  # type: ignore[call-overload]
-        arrays.append(data)
+    arrays = [read_padded(url, job.block, job.pad_mode) for url in job.inputs]
     out = np.asarray(job.fn(*arrays, **dict(job.kwargs)))
     write_shape = job.block.write.shape
     if out.shape != write_shape:
         # the function returned the padded read region: crop the write region out of it
-        inner = tuple(slice(p, p + w) for p, w in zip(_halo_before(job.block), write_shape))
+        inner = job.block.write_in_padded.slices
         expected = tuple(r + a + b for r, a, b in zip(job.block.read.shape, job.block.pad_before, job.block.pad_after))
         if out.shape != expected:
             raise ValueError(f"block {job.block.key}: function returned shape {out.shape}, expected {write_shape} or {expected}")
@@ -116,10 +122,6 @@ def _process_array_block(job: ArrayJob) -> dict[str, Any]:
     target = open_volume(job.output, mode="r+")
     target.write(job.block.write, out.astype(target.dtype, copy=False))
     return {"voxels": int(out.size)}
-
-
-def _halo_before(block: Block) -> tuple[int, ...]:
-    return tuple(w - r + p for w, r, p in zip(block.write.start, block.read.start, block.pad_before))
 
 
 def map_volume(

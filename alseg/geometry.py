@@ -135,6 +135,11 @@ class Block:
         """The write region in the coordinates of the read region (to crop results)."""
         return self.write.relative_to(self.read)
 
+    @property
+    def write_in_padded(self) -> Box:
+        """The write region in the coordinates of the read region padded by ``pad_before``/``pad_after``."""
+        return self.write_in_read.translate(self.pad_before)
+
 
 @dataclass(frozen=True)
 class BlockGrid:

@@ -35,6 +35,16 @@ def holdout_of(spec: JobSpec, shape: tuple[int, int, int]) -> Box | None:
     return Box(h.start, h.stop)
 
 
+def ground_truth_url(spec: JobSpec) -> str | None:
+    """The ground-truth label image a spec names: a label inside the image, or its own URL."""
+    gt = spec.input.ground_truth
+    if gt is None:
+        return None
+    from alseg.io import store as st
+
+    return gt if ("/" in gt or ":" in gt) else st.join(spec.input.url, "labels", gt)
+
+
 def patch_grid_of(spec: JobSpec, shape: tuple[int, int, int]) -> PatchGrid:
     return PatchGrid(shape, spec.patches.shape_vox, holdout=holdout_of(spec, shape), edge=spec.patches.edge)
 
@@ -55,15 +65,12 @@ def preflight(spec: JobSpec) -> Preflight:
     gt = spec.input.ground_truth
     if gt is not None:
         try:
-            if "/" in gt or ":" in gt:
-                gt_vol = open_volume(gt)
-            else:
+            if "/" not in gt and ":" not in gt:
                 names = list_labels(spec.input.url)
                 if gt not in names:
                     raise DataError(f"the image has no label image {gt!r} (it has: {names or 'none'})")
-                from alseg.io import store as st
-
-                gt_vol = open_volume(st.join(spec.input.url, "labels", gt), level=spec.input.level)
+            url = ground_truth_url(spec)
+            gt_vol = open_volume(url) if url == gt else open_volume(url, level=spec.input.level)
             if gt_vol.shape != shape:
                 raise DataError(f"ground truth of shape {gt_vol.shape} does not match the image {shape}")
         except AlsegError as err:

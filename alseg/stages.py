@@ -37,19 +37,12 @@ def run_pseudolabels(spec: Any, *, runner: Any = None, progress: bool = True) ->
             runner.close()
 
 
-def ground_truth_url(spec: Any) -> str | None:
-    """The ground-truth label image a spec names (a label inside the image, or its own URL)."""
-    gt = spec.input.ground_truth
-    if gt is None:
-        return None
-    return gt if ("/" in gt or ":" in gt) else st.join(spec.input.url, "labels", gt)
-
-
 def evaluate(spec: Any, labels_url: str, *, runner: Any = None, holdout_only: bool = False) -> dict[str, Any]:
     """Score a label volume against the spec's ground truth at its IoU thresholds (on the held-out
     evaluation region only, with ``holdout_only``)."""
     from alseg.errors import SpecError
     from alseg.evaluate.metrics import evaluate_volumes
+    from alseg.preflight import ground_truth_url
 
     gt = ground_truth_url(spec)
     if gt is None:

@@ -72,7 +72,6 @@ class _TileJob:
     classes: str
     probability: str | None
     block: Block
-    index: tuple[int, int, int]
     grid_shape: tuple[int, int, int]
     steps: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     patch: tuple[int, int, int]
@@ -81,41 +80,6 @@ class _TileJob:
 
 def _piece_path(folder: str, index: Sequence[int], d: Sequence[int]) -> str:
     return os.path.join(folder, "b_" + "_".join(map(str, index)), "d" + "".join(map(str, d)) + ".npz")
-
-
-class BlockPredictor:
-    """A trained nnU-Net, loaded once per worker, predicting blocks."""
-
-    def __init__(self, model_folder: str, norm: dict[str, float], device: str = "cpu", mirroring: bool = False,
-                 checkpoint: str = "checkpoint_final.pth") -> None:
-        self.predictor = load_predictor(model_folder, device=device, mirroring=mirroring, checkpoint=checkpoint)
-        self.norm = IntensityNorm(**norm)
-
-    def logits(self, data: np.ndarray) -> np.ndarray:
-        import torch
-
-        tensor = torch.from_numpy(self.norm(data)[None])
-        with torch.no_grad():
-            out = self.predictor.predict_sliding_window_return_logits(tensor)
-        return out.float().cpu().numpy() if hasattr(out, "cpu") else np.asarray(out, dtype=np.float32)
-
-    def __call__(self, job: _PredictJob | _TileJob) -> dict[str, Any]:
-        if isinstance(job, _TileJob):
-            return self.tiles(job)
-        from alseg.io.omezarr import open_volume
-
-        b = job.block
-        logits = self.logits(open_volume(job.image, level=job.level).read(b.read))
-        before = tuple(w - r for w, r in zip(b.write.start, b.read.start))
-        inner = (slice(None),) + tuple(slice(p, p + n) for p, n in zip(before, b.write.shape))
-        logits = logits[inner]
-        classes = logits.argmax(0).astype(np.uint8)
-        if job.probability is not None:
-            e = np.exp(logits - logits.max(0, keepdims=True))
-            fg = (e[1] / e.sum(0)).astype(np.float32)
-            open_volume(job.probability, mode="r+").write(b.write, fg)
-        open_volume(job.classes, mode="r+").write(b.write, classes)
-        return {"foreground": int((classes == 1).sum())}
 
 
 def _write(job, logits: np.ndarray) -> dict[str, Any]:
@@ -136,65 +100,91 @@ def _tiles_of(job: _TileJob):
     return own, stop
 
 
-def _tiles(self: BlockPredictor, job: _TileJob) -> dict[str, Any]:
-    """Own tiles once each, Gaussian-weighted; overhangs handed on; lower neighbours' overhangs added."""
-    import itertools
+class BlockPredictor:
+    """A trained nnU-Net, loaded once per worker, predicting blocks."""
 
-    import torch
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    def __init__(self, model_folder: str, norm: dict[str, float], device: str = "cpu", mirroring: bool = False,
+                 checkpoint: str = "checkpoint_final.pth") -> None:
+        self.predictor = load_predictor(model_folder, device=device, mirroring=mirroring, checkpoint=checkpoint)
+        self.norm = IntensityNorm(**norm)
+        self._gauss: dict[tuple[int, ...], np.ndarray] = {}
 
-    from alseg.geometry import Box
-    from alseg.io.omezarr import open_volume
+    def logits(self, data: np.ndarray) -> np.ndarray:
+        import torch
 
-    w = job.block.write
-    own, stop = _tiles_of(job)
-    ext = Box(w.start, stop)
-    data = self.norm(open_volume(job.image, level=job.level).read(ext))
-    n_cls = self.predictor.label_manager.num_segmentation_heads
-    acc = np.zeros((n_cls, *ext.shape), np.float32)
-    weight = np.zeros(ext.shape, np.float32)
-    gauss = compute_gaussian(job.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32, device=torch.device("cpu")).numpy()
-    net = self.predictor
-    ctx = torch.autocast(net.device.type) if net.device.type == "cuda" else contextlib.nullcontext()
-    with torch.inference_mode(), ctx:
-        net.network = net.network.to(net.device).eval()
-        for start in itertools.product(*own):
-            sl = tuple(slice(s - w.start[a], s - w.start[a] + job.patch[a]) for a, s in enumerate(start))
-            tile = torch.from_numpy(np.ascontiguousarray(data[sl]))[None, None].to(net.device)
-            out = net._internal_maybe_mirror_and_predict(tile)[0].float().cpu().numpy()
-            acc[(slice(None),) + sl] += out * gauss
-            weight[sl] += gauss
-    # hand the overhangs (beyond the write region) to the upper neighbours, each its piece
-    wshape = w.shape
-    for d in itertools.product((0, 1), repeat=3):
-        if not any(d):
-            continue
-        target = tuple(i + di for i, di in zip(job.index, d))
-        if any(t >= g for t, g in zip(target, job.grid_shape)):
-            continue
-        sl = tuple(slice(wshape[a], None) if d[a] else slice(0, wshape[a]) for a in range(3))
-        if weight[sl].size and weight[sl].any():
-            path = _piece_path(job.pieces, target, d)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, acc=acc[(slice(None),) + sl], weight=weight[sl])
-            os.replace(tmp, path)
-    # and take what the lower neighbours' tiles left here
-    inner = tuple(slice(0, n) for n in wshape)
-    acc, weight = acc[(slice(None),) + inner], weight[inner]
-    for d in itertools.product((0, 1), repeat=3):
-        path = _piece_path(job.pieces, job.index, d)
-        if any(d) and os.path.exists(path):
-            with np.load(path) as piece:
-                region = tuple(slice(0, n) for n in piece["weight"].shape)
-                acc[(slice(None),) + region] += piece["acc"]
-                weight[region] += piece["weight"]
-    if not (weight > 0).all():
-        raise RuntimeError(f"block {job.block.key}: some voxels are covered by no tile")
-    return _write(job, acc / weight)
+        tensor = torch.from_numpy(self.norm(data)[None])
+        with torch.no_grad():
+            out = self.predictor.predict_sliding_window_return_logits(tensor)
+        return out.float().cpu().numpy() if hasattr(out, "cpu") else np.asarray(out, dtype=np.float32)
 
+    def __call__(self, job: _PredictJob | _TileJob) -> dict[str, Any]:
+        if isinstance(job, _TileJob):
+            return self.tiles(job)
+        from alseg.io.omezarr import open_volume
 
-BlockPredictor.tiles = _tiles  # type: ignore[attr-defined]
+        b = job.block
+        logits = self.logits(open_volume(job.image, level=job.level).read(b.read))
+        return _write(job, logits[(slice(None),) + b.write_in_read.slices])
+
+    def tiles(self, job: _TileJob) -> dict[str, Any]:
+        """Own tiles once each, Gaussian-weighted; overhangs handed on; lower neighbours' overhangs added."""
+        import itertools
+
+        import torch
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        from alseg.geometry import Box
+        from alseg.io.omezarr import open_volume
+
+        w = job.block.write
+        own, stop = _tiles_of(job)
+        ext = Box(w.start, stop)
+        data = self.norm(open_volume(job.image, level=job.level).read(ext))
+        n_cls = self.predictor.label_manager.num_segmentation_heads
+        acc = np.zeros((n_cls, *ext.shape), np.float32)
+        weight = np.zeros(ext.shape, np.float32)
+        if job.patch not in self._gauss:
+            self._gauss[job.patch] = compute_gaussian(job.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
+                                                      device=torch.device("cpu")).numpy()
+        gauss = self._gauss[job.patch]
+        net = self.predictor
+        ctx = torch.autocast(net.device.type) if net.device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            net.network = net.network.to(net.device).eval()
+            for start in itertools.product(*own):
+                sl = tuple(slice(s - w.start[a], s - w.start[a] + job.patch[a]) for a, s in enumerate(start))
+                tile = torch.from_numpy(np.ascontiguousarray(data[sl]))[None, None].to(net.device)
+                out = net._internal_maybe_mirror_and_predict(tile)[0].float().cpu().numpy()
+                acc[(slice(None),) + sl] += out * gauss
+                weight[sl] += gauss
+        # hand the overhangs (beyond the write region) to the upper neighbours, each its piece
+        wshape = w.shape
+        for d in itertools.product((0, 1), repeat=3):
+            if not any(d):
+                continue
+            target = tuple(i + di for i, di in zip(job.block.index, d))
+            if any(t >= g for t, g in zip(target, job.grid_shape)):
+                continue
+            sl = tuple(slice(wshape[a], None) if d[a] else slice(0, wshape[a]) for a in range(3))
+            if weight[sl].size and weight[sl].any():
+                path = _piece_path(job.pieces, target, d)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = path + ".tmp.npz"
+                np.savez(tmp, acc=acc[(slice(None),) + sl], weight=weight[sl])
+                os.replace(tmp, path)
+        # and take what the lower neighbours' tiles left here
+        inner = tuple(slice(0, n) for n in wshape)
+        acc, weight = acc[(slice(None),) + inner], weight[inner]
+        for d in itertools.product((0, 1), repeat=3):
+            path = _piece_path(job.pieces, job.block.index, d)
+            if any(d) and os.path.exists(path):
+                with np.load(path) as piece:
+                    region = tuple(slice(0, n) for n in piece["weight"].shape)
+                    acc[(slice(None),) + region] += piece["acc"]
+                    weight[region] += piece["weight"]
+        if not (weight > 0).all():
+            raise RuntimeError(f"block {job.block.key}: some voxels are covered by no tile")
+        return _write(job, acc / weight)
 
 
 def predict_volume(
@@ -269,9 +259,9 @@ def predict_volume(
         for wave in range(sum(gshape) - 2):
             results.update(run_blocks(
                 None, tiles_grid,
-                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, _index(b, tiles_grid), gshape, steps, patch, pieces),
+                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces),
                 runner=runner, work_dir=work_dir, name="predict", desc=f"nnU-Net wave {wave + 1}/{sum(gshape) - 2}",
-                worker=worker, workers=workers, resources=resources, select=lambda b, w=wave: sum(_index(b, tiles_grid)) == w,
+                worker=worker, workers=workers, resources=resources, select=lambda b, w=wave: sum(b.index) == w,
             ))
         if not work_dir:
             import shutil
@@ -285,6 +275,3 @@ def predict_volume(
         )
     return {"blocks": len(results), "foreground_voxels": sum(r["foreground"] for r in results.values()), "url": classes_url}
 
-
-def _index(block: Block, grid: BlockGrid) -> tuple[int, int, int]:
-    return tuple(s // b for s, b in zip(block.write.start, grid.block_shape))  # type: ignore[return-value]

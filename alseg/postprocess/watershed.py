@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
-from alseg.blockwise import check_aligned, map_volume, run_blocks
+from alseg.blockwise import check_aligned, map_volume, read_padded, run_blocks
 from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid
 from alseg.io import store as st
@@ -90,25 +90,16 @@ class _FloodJob:
     cap_nm: float
 
 
-def _read_padded(url: str, block: Block) -> np.ndarray:
-    from alseg.io.omezarr import open_volume
-
-    data = open_volume(url).read(block.read)
-    pads = list(zip(block.pad_before, block.pad_after))
-    return np.pad(data, pads, mode="edge") if any(a or b for a, b in pads) else data
-
-
 def _flood_block(job: _FloodJob) -> dict[str, Any]:
     from alseg.io.omezarr import open_volume
 
     b = job.block
-    fg = _read_padded(job.mask, b) > job.threshold
-    seeds = _read_padded(job.seeds, b)
-    boundary = _read_padded(job.boundary, b) if job.boundary else None
+    fg = read_padded(job.mask, b) > job.threshold
+    seeds = read_padded(job.seeds, b)
+    boundary = read_padded(job.boundary, b) if job.boundary else None
     flooded = _flood(fg, seeds, boundary, method=job.method, voxel_size_nm=job.voxel_size_nm,
                      connectivity=job.connectivity, cap_nm=job.cap_nm)
-    before = tuple(w - r + p for w, r, p in zip(b.write.start, b.read.start, b.pad_before))
-    inner = tuple(slice(p, p + n) for p, n in zip(before, b.write.shape))
+    inner = b.write_in_padded.slices
     regions, fg_inner = flooded[inner].astype(np.uint32), fg[inner]
     open_volume(job.leftover, mode="r+").write(b.write, (fg_inner & (regions == 0)).astype(np.uint8))
     open_volume(job.regions, mode="r+").write(b.write, regions)
@@ -128,10 +119,9 @@ def _contact_block(job: _ContactJob) -> dict[str, Any]:
     """Sizes of the leftover components in the write region, and how many voxel faces (or edges and
     corners, for 26-connectivity) each shares with each flooded region."""
     b = job.block
-    regions = _read_padded(job.regions, b)
-    left = _read_padded(job.leftover, b)
-    before = tuple(w - r + p for w, r, p in zip(b.write.start, b.read.start, b.pad_before))
-    inner = tuple(slice(p, p + n) for p, n in zip(before, b.write.shape))
+    regions = read_padded(job.regions, b)
+    left = read_padded(job.leftover, b)
+    inner = b.write_in_padded.slices
     core = left[inner]
     ids, sizes = np.unique(core[core > 0], return_counts=True)
     offsets = [d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)]

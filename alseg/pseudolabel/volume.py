@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from alseg.blockwise import check_aligned, run_blocks
-from alseg.errors import SpecError
+from alseg.errors import AlsegError, SpecError
 from alseg.geometry import Block, BlockGrid
 from alseg.io import store as st
 from alseg.postprocess.stitch import Layout, finish, write_local
@@ -84,8 +84,7 @@ class SegmentWorker:
                 raise PseudoLabelError(f"{self.labeller.name} failed on slices {b.read.start[0] + start}.."
                                        f"{b.read.start[0] + start + len(batch) - 1} of block {b.key}: {type(err).__name__}: {err}") from err
             masks[start:start + len(batch)] = check_masks(got, batch, self.labeller.name)
-        before = tuple(w - r for w, r in zip(b.write.start, b.read.start))
-        crop = masks[tuple(slice(p, p + n) for p, n in zip(before, b.write.shape))]
+        crop = masks[b.write_in_read.slices]
         local = np.zeros(crop.shape, dtype=np.uint32)
         n = 0
         for z, m in enumerate(crop):
@@ -166,17 +165,18 @@ def pseudolabel_volume(
     sig = {**signature(spec), "input": {"url": st.redact(image_url), "level": level, "shape": list(image.shape)},
            "block_shape": list(block_shape), "halo_yx": list(np.broadcast_to(halo_yx, 2).tolist())}
     digest = signature_digest(sig)
+    prev: dict[str, Any] = {}
     if st.exists(st.join(output_url, "zarr.json")):
         try:
             prev = open_volume(output_url).provenance()
-        except Exception:
+        except AlsegError:  # something else stands there: replaced below, as the run directory is alseg's
             prev = {}
         if prev.get("signature_sha256") == digest and prev.get("complete"):
             return {**prev.get("summary", {}), "reused": True, "url": output_url}
     hy, hx = (int(h) for h in np.broadcast_to(halo_yx, 2))
     grid = BlockGrid(image.shape, block_shape, (0, hy, hx))
     work = st.join(os.fspath(work_dir), digest[:16])
-    if not st.exists(st.join(output_url, "zarr.json")) or open_volume(output_url).provenance().get("signature_sha256") != digest:
+    if prev.get("signature_sha256") != digest:  # absent, another signature, or not ours: start afresh
         out = create_label_image(output_url, like=image, chunks=grid.block_shape, name="pseudolabels", overwrite=True)
         out.set_provenance({"signature": sig, "signature_sha256": digest, "complete": False})
     out = open_volume(output_url)
