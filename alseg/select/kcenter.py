@@ -1,0 +1,212 @@
+"""Exact k-center greedy (farthest-point) selection on cosine or Euclidean distance.
+
+The greedy keeps, for every candidate, its distance to the nearest chosen centre; each step picks
+the candidate farthest from all centres (the first index among equal distances) and lowers the
+kept distances by one pass over the embeddings: one matrix-vector product per step, O(n d) work
+and O(n) extra memory. The reference code this replaces built a full n x n matrix and looped in
+Python (O(n k^2)); a step written "the usual way" with sklearn's ``pairwise_distances``
+re-normalises every row on every step.
+
+Distances, defined once and used by every implementation that must agree bit for bit:
+
+* ``cosine``: ``clip(1 - <x, c>, 0, 2)`` on L2-normalised float32 rows (``normalize_rows``);
+  this is exactly what ``sklearn.metrics.pairwise_distances(..., metric="cosine")`` returns for
+  the raw rows.
+* ``euclidean``: the squared distance ``max(|x|^2 - 2 <x, c> + |c|^2, 0)`` (monotone in the
+  distance, so the picks are the same).
+
+Chosen points and excluded points get a distance of -1 and are never picked again (duplicates of a
+chosen point keep their own, tiny, distance and are picked only when nothing else is left).
+
+Which product is fastest was measured, not assumed (``benchmarks/select.py``): on a CPU one
+BLAS ``sgemv`` per chunk of rows, kept in cache while the minimum is updated, beats FAISS
+(whose flat index answers nearest-neighbour queries, not the greedy's one-to-all update). Rows
+larger than ``max_memory_bytes`` are streamed from the store (a zarr array) on every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from alseg.errors import SpecError
+
+Metric = Literal["cosine", "euclidean"]
+MASKED = np.float32(-1.0)
+
+
+@dataclass(frozen=True)
+class KCenterResult:
+    picks: np.ndarray
+    """Indices of the selected rows in the order they were picked (random starts first)."""
+    distance: np.ndarray
+    """For each pick, its distance to the nearest earlier centre when picked (NaN for random starts)."""
+    n_initial: int
+    """How many of ``picks`` were random starts."""
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm, in float32 (zero rows stay zero), as sklearn's ``normalize``."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms == 0.0] = 1.0
+    return x / norms[:, None]
+
+
+class _Rows:
+    """Row chunks of an in-memory array or of a row-chunked store array read on demand."""
+
+    def __init__(self, data: Any, chunk_rows: int, max_memory_bytes: int) -> None:
+        if len(getattr(data, "shape", ())) != 2:
+            raise SpecError(f"embeddings must be a 2D array (rows x features), got shape {getattr(data, 'shape', None)}")
+        self.n, self.d = (int(s) for s in data.shape)
+        nbytes = self.n * self.d * 4
+        if isinstance(data, np.ndarray) or nbytes <= max_memory_bytes:
+            self.data = np.ascontiguousarray(self._load(data), dtype=np.float32)
+            self.in_memory = True
+        else:
+            self.data = data
+            self.in_memory = False
+        store_rows = getattr(data, "chunks", (chunk_rows,))[0] if not self.in_memory else chunk_rows
+        self.chunk_rows = max(1, int(store_rows if not self.in_memory else chunk_rows))
+
+    @staticmethod
+    def _load(data: Any) -> np.ndarray:
+        if isinstance(data, np.ndarray):
+            return data
+        out = np.empty(data.shape, dtype=np.float32)
+        step = getattr(data, "chunks", (65536,))[0]
+        for a in range(0, data.shape[0], step):
+            out[a : a + step] = data[a : a + step]
+        return out
+
+    def chunks(self):
+        for a in range(0, self.n, self.chunk_rows):
+            b = min(self.n, a + self.chunk_rows)
+            block = self.data[a:b] if self.in_memory else np.asarray(self.data[a:b], dtype=np.float32)
+            yield a, b, block
+
+    def row(self, i: int) -> np.ndarray:
+        return np.array(self.data[i], dtype=np.float32)
+
+
+class _Greedy:
+    """The kept distances and the one-pass update shared by every start and step."""
+
+    def __init__(self, rows: _Rows, metric: Metric) -> None:
+        if metric not in ("cosine", "euclidean"):
+            raise SpecError(f"k-center distance: expected 'cosine' or 'euclidean', got {metric!r}")
+        self.rows, self.metric = rows, metric
+        self.mind = np.full(rows.n, np.inf, dtype=np.float32)
+        self.buf = np.empty(rows.chunk_rows, dtype=np.float32)
+        self.sqnorm = None
+        if metric == "euclidean":
+            self.sqnorm = np.empty(rows.n, dtype=np.float32)
+            for a, b, block in rows.chunks():
+                self.sqnorm[a:b] = np.einsum("ij,ij->i", block, block)
+
+    def add_center(self, i: int) -> None:
+        c = self.rows.row(i)
+        cc = None if self.sqnorm is None else self.sqnorm[i]
+        for a, b, block in self.rows.chunks():
+            s = np.matmul(block, c, out=self.buf[: b - a])
+            if self.metric == "cosine":
+                np.subtract(np.float32(1.0), s, out=s)
+                np.clip(s, 0.0, 2.0, out=s)
+            else:
+                s *= np.float32(-2.0)
+                s += self.sqnorm[a:b]
+                s += cc
+                np.maximum(s, 0.0, out=s)
+            np.minimum(self.mind[a:b], s, out=self.mind[a:b])
+        self.mind[i] = MASKED
+
+    def farthest(self) -> tuple[int, float]:
+        i = int(np.argmax(self.mind))
+        return i, float(self.mind[i])
+
+
+def kcenter_greedy(
+    embeddings: Any,
+    budget: int,
+    *,
+    annotated: Sequence[int] = (),
+    starts: Sequence[int] | None = None,
+    n_initial: int = 3,
+    seed: int = 0,
+    metric: Metric = "cosine",
+    exclude: Sequence[int] | np.ndarray | None = None,
+    chunk_rows: int = 16384,
+    max_memory_bytes: int = 8 * 2**30,
+    progress: bool = False,
+) -> KCenterResult:
+    """Pick ``budget`` rows of ``embeddings`` by k-center greedy.
+
+    ``annotated`` rows are centres already (the points labelled in earlier rounds): the greedy
+    starts from them. Without any, it starts from ``starts`` (given first picks) or else from
+    ``n_initial`` rows drawn at random (seeded) from the candidates; either counts towards the
+    budget. ``exclude`` rows are never picked. For
+    ``cosine`` the rows must be L2-normalised (:func:`normalize_rows`; the embedding store keeps
+    them so).
+    """
+    rows = _Rows(embeddings, chunk_rows, max_memory_bytes)
+    n = rows.n
+    if budget <= 0:
+        raise SpecError(f"k-center budget must be positive, got {budget}")
+    annotated = [int(i) for i in annotated]
+    blocked = np.zeros(n, dtype=bool)
+    if exclude is not None:
+        ex = np.asarray(exclude)
+        blocked[ex if ex.dtype != bool else np.flatnonzero(ex)] = True
+    for i in annotated:
+        if not 0 <= i < n:
+            raise SpecError(f"annotated index {i} outside the {n} embeddings")
+    blocked[annotated] = True
+    available = int(n - blocked.sum())
+    if budget > available:
+        raise SpecError(f"k-center budget {budget} exceeds the {available} candidates left (of {n})")
+    if metric == "cosine" and rows.in_memory and n:
+        probe = rows.data[:: max(1, n // 1024)]
+        norms = np.sqrt(np.einsum("ij,ij->i", probe, probe))
+        if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
+            raise SpecError("cosine k-center needs L2-normalised rows: pass normalize_rows(embeddings)")
+
+    g = _Greedy(rows, metric)
+    g.mind[blocked] = MASKED
+    picks: list[int] = []
+    dists: list[float] = []
+    n_random = 0
+    for i in annotated:
+        g.add_center(i)
+    if not annotated:
+        if starts is None:
+            n_random = min(n_initial, budget)
+            starts = np.random.default_rng(seed).choice(np.flatnonzero(~blocked), size=n_random, replace=False)
+        else:
+            starts = [int(i) for i in starts]
+            n_random = len(starts)
+            if n_random > budget or len(set(starts)) != n_random or any(not 0 <= i < n or blocked[i] for i in starts):
+                raise SpecError(f"k-center starts {starts}: expected at most {budget} distinct candidate indices")
+        for i in starts:
+            picks.append(int(i))
+            dists.append(float("nan"))
+            if len(picks) < budget:
+                g.add_center(int(i))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=budget, initial=len(picks), desc="k-center", unit="pick", disable=not progress)
+    try:
+        while len(picks) < budget:
+            i, dist = g.farthest()
+            picks.append(i)
+            dists.append(dist)
+            if len(picks) < budget:
+                g.add_center(i)
+            bar.update(1)
+    finally:
+        bar.close()
+    return KCenterResult(np.asarray(picks, dtype=np.int64), np.asarray(dists, dtype=np.float32), n_random)

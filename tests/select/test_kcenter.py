@@ -1,0 +1,76 @@
+"""k-center greedy: identical picks to plain references (random data, duplicates, store streaming)."""
+
+import numpy as np
+import pytest
+
+from alseg.errors import SpecError
+from alseg.select import kcenter_greedy, normalize_rows
+from tests.helpers.kcenter_reference import reference_kcenter, sklearn_kcenter
+
+
+def _data(n=3000, d=32, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1000, 16384])
+def test_identical_to_reference_on_random_data(chunk_rows):
+    raw = _data()
+    x = normalize_rows(raw)
+    res = kcenter_greedy(x, 60, n_initial=3, seed=5, chunk_rows=chunk_rows)
+    assert res.n_initial == 3 and len(set(res.picks.tolist())) == 60
+    ref = reference_kcenter(x, 60, res.picks[:3])
+    np.testing.assert_array_equal(res.picks, ref)
+    # the usual sklearn way (re-normalising raw rows each step) agrees bit for bit
+    np.testing.assert_array_equal(res.picks, sklearn_kcenter(raw, 60, res.picks[:3]))
+    # the covering radius never grows
+    assert np.all(np.diff(res.distance[3:]) <= 0)
+
+
+def test_random_starts_are_seeded():
+    x = normalize_rows(_data(500))
+    a = kcenter_greedy(x, 10, seed=1).picks
+    assert np.array_equal(a, kcenter_greedy(x, 10, seed=1).picks)
+    assert not np.array_equal(a[:3], kcenter_greedy(x, 10, seed=2).picks[:3])
+
+
+def test_duplicates_are_picked_once_and_last():
+    base = normalize_rows(_data(40, 8, seed=3))
+    x = np.concatenate([base, base, base[:10]])  # every point twice, ten of them three times
+    res = kcenter_greedy(x, 60, starts=[0])
+    np.testing.assert_array_equal(res.picks, reference_kcenter(x, 60, [0]))
+    first = res.picks[:40]
+    # the 40 distinct points come first (one copy each), then only copies at ~zero distance
+    assert len({tuple(np.round(x[i], 6)) for i in first}) == 40
+    assert np.all(res.distance[40:] < 1e-6) and np.all(res.distance[1:40] > 1e-3)
+    assert len(set(res.picks.tolist())) == 60
+
+
+def test_euclidean_and_annotated_start_and_exclude():
+    x = _data(2000, 16, seed=4) * np.linspace(0.5, 2.0, 2000, dtype=np.float32)[:, None]
+    ann, ex = [5, 17, 1999], [3, 4, 1500]
+    res = kcenter_greedy(x, 40, annotated=ann, exclude=ex, metric="euclidean")
+    assert res.n_initial == 0 and not set(res.picks.tolist()) & set(ann + ex)
+    np.testing.assert_array_equal(res.picks, reference_kcenter(x, 40, [], annotated=ann, exclude=ex, metric="euclidean"))
+
+
+def test_streams_rows_from_a_zarr_store(tmp_path):
+    import zarr
+
+    x = normalize_rows(_data(5000, 24, seed=6))
+    z = zarr.create_array(tmp_path / "emb.zarr", shape=x.shape, chunks=(512, 24), dtype="float32")
+    z[:] = x
+    streamed = kcenter_greedy(z, 30, starts=[7], max_memory_bytes=1)
+    np.testing.assert_array_equal(streamed.picks, kcenter_greedy(x, 30, starts=[7]).picks)
+    np.testing.assert_array_equal(streamed.picks, reference_kcenter(x, 30, [7]))
+
+
+def test_bad_input():
+    x = normalize_rows(_data(20, 4))
+    with pytest.raises(SpecError, match="exceeds"):
+        kcenter_greedy(x, 19, exclude=[0, 1])
+    with pytest.raises(SpecError, match="normalised"):
+        kcenter_greedy(x * 3, 5)
+    with pytest.raises(SpecError, match="2D"):
+        kcenter_greedy(x[0], 1)
+    with pytest.raises(SpecError, match="starts"):
+        kcenter_greedy(x, 3, starts=[1, 1])

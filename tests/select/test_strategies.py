@@ -1,0 +1,103 @@
+"""Selection strategies and uncertainty measures against plain computations (scipy, numpy)."""
+
+import numpy as np
+import pytest
+from scipy.stats import entropy as scipy_entropy
+
+from alseg.errors import DataError, SpecError
+from alseg.select import normalize_rows, patch_uncertainty, select_patches
+from alseg.select.uncertainty import UncertaintySums
+from alseg.spec import (BALDSelection, EntropySelection, HybridSelection, KCenterSelection, KMeansSelection,
+                        LeastConfidenceSelection, RandomSelection)
+from tests.helpers.kcenter_reference import reference_kcenter
+
+
+def _probs(shape=(3, 4, 5, 6), seed=0):
+    logits = np.random.default_rng(seed).standard_normal(shape)
+    e = np.exp(logits)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def test_entropy_and_least_confidence_match_scipy():
+    p = _probs()
+    s = patch_uncertainty(p)
+    assert s["entropy"] == pytest.approx(scipy_entropy(p.reshape(3, -1), axis=0).mean(), rel=1e-12)
+    assert s["least_confidence"] == pytest.approx((1 - p.max(axis=0)).mean(), rel=1e-12)
+    assert s["bald"] == pytest.approx(0.0, abs=1e-12)  # one prediction: no disagreement
+
+
+def test_bald_is_mutual_information_and_adds_up_over_tiles():
+    t = np.stack([_probs(seed=i) for i in range(5)])  # (T, C, z, y, x)
+    s = patch_uncertainty(t, samples=True)
+    mean = t.mean(axis=0).reshape(3, -1)
+    expected = scipy_entropy(mean, axis=0) - np.mean([scipy_entropy(ti.reshape(3, -1), axis=0) for ti in t], axis=0)
+    assert s["bald"] == pytest.approx(expected.mean(), rel=1e-10)
+    assert s["bald"] > 0
+    # a patch scored in two tiles equals the whole patch
+    acc = UncertaintySums().add(t[:, :, :2], samples=True).add(t[:, :, 2:], samples=True)
+    assert acc.scores() == pytest.approx(s, rel=1e-12)
+    # identical samples carry no model uncertainty
+    assert patch_uncertainty(np.stack([t[0]] * 4), samples=True)["bald"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_probabilities_are_checked():
+    with pytest.raises(DataError, match="sum to 1"):
+        patch_uncertainty(np.full((2, 3, 3), 0.7))
+    with pytest.raises(DataError, match="empty"):
+        UncertaintySums().scores()
+
+
+def test_uncertainty_strategies_rank_and_skip_annotated():
+    rng = np.random.default_rng(1)
+    n = 50
+    scores = {k: rng.random(n) for k in ("entropy", "least_confidence", "bald")}
+    scores["entropy"][[10, 11]] = 2.0  # a tie at the top: lower index first
+    sel = select_patches(EntropySelection(budget=5), n=n, scores=scores, annotated=[3])
+    expected = [i for i in np.argsort(-scores["entropy"], kind="stable") if i != 3][:5]
+    assert sel.picks.tolist() == expected and sel.picks[:2].tolist() == [10, 11]
+    lc = select_patches(LeastConfidenceSelection(budget=4), n=n, scores=scores)
+    assert lc.picks.tolist() == np.argsort(-scores["least_confidence"], kind="stable")[:4].tolist()
+    bald = select_patches(BALDSelection(budget=4), n=n, scores=scores, exclude=[int(np.argmax(scores["bald"]))])
+    assert bald.picks.tolist() == np.argsort(-scores["bald"], kind="stable")[1:5].tolist()
+    with pytest.raises(SpecError, match="needs 'bald' scores"):
+        select_patches(BALDSelection(budget=4), n=n, scores={"entropy": scores["entropy"]})
+
+
+def test_random_is_seeded_and_avoids_annotated():
+    a = select_patches(RandomSelection(budget=10), n=30, annotated=range(15), seed=3).picks
+    assert np.array_equal(a, select_patches(RandomSelection(budget=10), n=30, annotated=range(15), seed=3).picks)
+    assert len(set(a.tolist())) == 10 and min(a) >= 15
+    with pytest.raises(SpecError, match="exceeds"):
+        select_patches(RandomSelection(budget=16), n=30, annotated=range(15))
+
+
+def test_kcenter_strategy_from_annotated_set():
+    x = normalize_rows(np.random.default_rng(2).standard_normal((400, 16), dtype=np.float32))
+    sel = select_patches(KCenterSelection(budget=12, initial="annotated"), n=400, embeddings=x, annotated=[1, 2, 3])
+    np.testing.assert_array_equal(sel.picks, reference_kcenter(x, 12, [], annotated=[1, 2, 3]))
+    with pytest.raises(SpecError, match="needs embeddings"):
+        select_patches(KCenterSelection(budget=12), n=400)
+
+
+def _clusters(seed=0):
+    rng = np.random.default_rng(seed)
+    centres = normalize_rows(rng.standard_normal((6, 16)).astype(np.float32)) * 5
+    labels = np.repeat(np.arange(6), 50)
+    return normalize_rows(centres[labels] + rng.standard_normal((300, 16)).astype(np.float32) * 0.3), labels
+
+
+def test_kmeans_covers_every_cluster_and_is_deterministic():
+    x, labels = _clusters()
+    sel = select_patches(KMeansSelection(budget=6), n=300, embeddings=x, seed=0)
+    assert sorted(labels[sel.picks].tolist()) == list(range(6))
+    assert np.array_equal(sel.picks, select_patches(KMeansSelection(budget=6), n=300, embeddings=x, seed=0).picks)
+
+
+def test_hybrid_is_diverse_among_the_uncertain():
+    x, labels = _clusters(1)
+    score = np.where(labels < 3, 1.0, 0.0) + np.linspace(0, 0.01, 300)  # clusters 0-2 uncertain
+    sel = select_patches(HybridSelection(budget=3, shortlist_factor=50), n=300, embeddings=x, scores={"entropy": score})
+    assert sorted(labels[sel.picks].tolist()) == [0, 1, 2]  # one per uncertain cluster, not the 3 top scores
+    assert sel.picks[0] == int(np.argmax(np.where(labels < 3, score, -1)))
+    top3 = np.argsort(-score)[:3]
+    assert len(set(labels[top3].tolist())) == 1
