@@ -215,14 +215,29 @@ class NnUNetSpec(_Model):
 class EmbeddingSpec(_Model):
     """Self-supervised MAE on 2D slices of the candidate patches (timm ViT encoder)."""
 
-    backbone: str = Field("vit_tiny_patch16_224", description="timm model name of the encoder")
+    backbone: str = Field("vit_tiny_patch16_224", description="timm model name of the encoder (a ViT with a class token)")
+    backbone_args: dict[str, int | float | bool] = Field(
+        default_factory=dict, description="extra timm arguments, e.g. {embed_dim: 64, depth: 2, num_heads: 2} for a tiny encoder")
     img_size_px: int = Field(224, gt=0, multiple_of=16)
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    decoder_dim: int = Field(128, gt=0)
+    decoder_depth: int = Field(2, gt=0)
+    decoder_heads: int = Field(4, gt=0)
     epochs: int = Field(400, gt=0)
     batch_size: int = Field(64, gt=0)
     learning_rate: float = Field(1.5e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_epochs: int = Field(5, ge=0)
+    max_train_slices: int = Field(4096, gt=0, description="slices sampled (seeded) from the pool to train on, held in memory at img_size_px")
     slices_per_patch: int = Field(8, gt=0, description="evenly spaced slices embedded per 3D patch")
+    rows_per_chunk: int = Field(1024, gt=0, description="embedding-store rows per chunk (and per work item)")
     weights_path: str | None = Field(None, description="reuse a trained MAE checkpoint instead of training")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "EmbeddingSpec":
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_dim {self.decoder_dim} is not divisible by decoder_heads {self.decoder_heads}")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -202,3 +202,234 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
     finally:
         if own:
             runner.close()
+
+
+def embedding_dir(spec: Any) -> str:
+    return st.join(spec.run.dir, "embedding")
+
+
+def _embedding_device(spec: Any) -> str:
+    import torch
+
+    return "cuda" if spec.resources.embedding.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _sha256_of(url: str) -> str:
+    import hashlib
+
+    fs, path = st.filesystem(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_mae(spec: Any, *, progress: bool = True) -> dict[str, Any]:
+    """Stage 4a: train the MAE on sections of the candidate pool (or take ``embedding.weights_path``).
+
+    Writes ``<run dir>/embedding/mae/mae.pt`` (architecture and weights), ``training.json``
+    (losses, fixed-set reconstruction loss before and after) and, during training, a resumable
+    ``checkpoint_latest.pt``. Reused when the inputs and parameters are unchanged.
+    """
+    import json
+
+    import torch
+
+    from alseg import __version__
+    from alseg.embed.data import training_slices
+    from alseg.embed.mae import build_mae
+    from alseg.embed.train import save_bytes, train_mae
+    from alseg.io.omezarr import open_volume
+    from alseg.nnunet import IntensityNorm
+    from alseg.preflight import patch_grid_of
+
+    e = spec.embedding
+    if e.weights_path is not None:
+        if not st.exists(e.weights_path):
+            from alseg.errors import SpecError
+
+            raise SpecError(f"embedding.weights_path {st.redact(e.weights_path)} does not exist")
+        return {"checkpoint": e.weights_path, "trained": False, "reused": True}
+    mae_dir = st.join(embedding_dir(spec), "mae")
+    final, record_url = st.join(mae_dir, "mae.pt"), st.join(mae_dir, "training.json")
+    image = open_volume(spec.input.url, level=spec.input.level)
+    norm = IntensityNorm.of_volume(spec.input.url)
+    params = e.model_dump(mode="json", exclude={"slices_per_patch", "rows_per_chunk", "weights_path"})
+    signature = {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape),
+                 "patches": spec.patches.model_dump(mode="json"), "embedding": params, "seed": spec.run.seed,
+                 "norm": norm.to_json(), "alseg": __version__}
+    digest = _digest(signature)
+    fs, rpath = st.filesystem(record_url)
+    if fs.exists(rpath) and st.exists(final):
+        with fs.open(rpath, "r") as fh:
+            record = json.load(fh)
+        if record.get("signature_sha256") == digest:
+            return {**record, "checkpoint": final, "reused": True}
+    patches = patch_grid_of(spec, image.shape).patches()
+    slices = training_slices(image, patches, norm, e.img_size_px, e.max_train_slices, spec.run.seed, progress=progress)
+    torch.manual_seed(spec.run.seed)
+    model = build_mae(e)
+    device = _embedding_device(spec)
+    result = train_mae(model, slices, e, checkpoint_url=st.join(mae_dir, "checkpoint_latest.pt"), signature=digest,
+                       seed=spec.run.seed, device=device, progress=progress)
+    save_bytes({"embedding_spec": e.model_dump(mode="json"), "model": model.cpu().state_dict(), "signature": digest}, final)
+    record = {"signature": signature, "signature_sha256": digest, "device": device, **result}
+    with fs.open(rpath, "w") as fh:
+        json.dump(record, fh, indent=1)
+    return {**record, "checkpoint": final, "reused": False}
+
+
+def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Stage 4b: embed every candidate patch into ``<run dir>/embedding/embeddings.zarr``.
+
+    The store's signature names the data, the MAE checkpoint (sha256 of its bytes), the embedding
+    parameters and alseg's version; a store with another signature is stale and recomputed, a
+    complete one with the same signature is reused, a partial one resumes.
+    """
+    from alseg import __version__
+    from alseg.embed import EmbeddingStore, StaleEmbeddingsError, embed_patches
+    from alseg.embed.store import FORMAT
+    from alseg.errors import StoreError
+    from alseg.io.omezarr import open_volume
+    from alseg.nnunet import IntensityNorm
+    from alseg.preflight import patch_grid_of
+    from alseg.runtime import Resources, runner_from_spec
+
+    mae = run_mae(spec, progress=progress)
+    e = spec.embedding
+    image = open_volume(spec.input.url, level=spec.input.level)
+    patches = patch_grid_of(spec, image.shape).patches()
+    norm = IntensityNorm.of_volume(spec.input.url).to_json()
+    model_sha = _sha256_of(mae["checkpoint"])
+    signature = {"data": {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape), "norm": norm},
+                 "model": model_sha,
+                 "parameters": {"slices_per_patch": e.slices_per_patch, "img_size_px": e.img_size_px,
+                                "patches": spec.patches.model_dump(mode="json"), "rows_per_chunk": e.rows_per_chunk},
+                 "version": {"alseg": __version__, "format": FORMAT}}
+    url = st.join(embedding_dir(spec), "embeddings.zarr")
+    work = st.join(spec.run.dir, "work", "embed", _digest(signature)[:16])
+    store = None
+    try:
+        store = EmbeddingStore.open(url, signature=signature)
+        if store.complete:
+            return {"url": url, "rows": len(store), "dim": store.meta["dim"], "mae": mae, "reused": True}
+    except (StoreError, StaleEmbeddingsError):
+        store = None
+    if store is None:
+        from alseg.embed.embed import load_mae
+
+        dim = load_mae(mae["checkpoint"])[0].encoder.embed_dim
+        boxes = [(*p.valid.start, *p.valid.stop) for p in patches]
+        store = EmbeddingStore.create(url, boxes=boxes, dim=dim, rows_per_chunk=e.rows_per_chunk, signature=signature)
+        st.remove(work)
+    own = runner is None
+    runner = runner or runner_from_spec(spec.resources, progress=progress)
+    try:
+        res = Resources.from_spec(spec.resources.embedding)
+        if res.gpus > 0 and _embedding_device(spec) == "cpu":
+            res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes)  # no GPU here: run on CPUs
+        workers = spec.resources.embedding.workers or runner.capacity(res)
+        embed_patches(store, spec.input.url, patches, checkpoint_url=mae["checkpoint"], norm=norm, slices=e.slices_per_patch,
+                      level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
+                      device=_embedding_device(spec))
+    finally:
+        if own:
+            runner.close()
+    store.mark_complete()
+    return {"url": url, "rows": len(store), "dim": store.meta["dim"], "mae": mae, "reused": False}
+
+
+def selection_url(spec: Any, round_index: int) -> str:
+    return st.join(spec.run.dir, "selection", f"round-{round_index:02d}.json")
+
+
+def _read_json(url: str) -> Any:
+    import json
+
+    fs, path = st.filesystem(url)
+    with fs.open(path, "r") as fh:
+        return json.load(fh)
+
+
+def _write_json(url: str, obj: Any) -> None:
+    import json
+
+    fs, path = st.filesystem(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(f"{path}.tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    fs.mv(f"{path}.tmp", path)
+
+
+def annotated_before(spec: Any, round_index: int) -> list[int]:
+    """Patch ids selected in rounds ``1 .. round_index - 1`` (they must all exist)."""
+    from alseg.errors import SpecError
+
+    out: list[int] = []
+    for r in range(1, round_index):
+        url = selection_url(spec, r)
+        if not st.exists(url):
+            raise SpecError(f"selection round {r} is missing ({st.redact(url)}): select round {r} first")
+        out += _read_json(url)["patch_ids"]
+    return out
+
+
+def run_select(spec: Any, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
+               picture: bool = True) -> dict[str, Any]:
+    """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
+    (patch ids, their boxes, the method's details) and draw ``round-NN.png``. Reused when unchanged."""
+    import numpy as np
+
+    from alseg.embed import EmbeddingStore
+    from alseg.errors import SpecError
+    from alseg.select import needs_embeddings, select_patches, uncertainty_measure
+
+    strategy = spec.selection
+    if not 1 <= round_index <= strategy.rounds:
+        raise SpecError(f"selection round {round_index} outside 1..{strategy.rounds} (selection.rounds)")
+    annotated = annotated_before(spec, round_index)
+    emb = None
+    store_sig = None
+    boxes = None
+    if needs_embeddings(strategy) or picture:
+        info = run_embed(spec, progress=progress)
+        store = EmbeddingStore.open(info["url"])
+        emb, boxes, store_sig = store.load(), store.boxes, store.meta["signature_sha256"]
+    if uncertainty_measure(strategy) is not None and scores is None:
+        raise SpecError(f"selection.method {strategy.method!r} ranks patches by a model's uncertainty: pass the "
+                        "per-patch scores of a trained model (the scoring stage comes with the fine-tuning rounds); "
+                        "kcenter, kmeans and random need no model")
+    if boxes is None:
+        from alseg.io.omezarr import open_volume
+        from alseg.preflight import patch_grid_of
+
+        image = open_volume(spec.input.url, level=spec.input.level)
+        boxes = np.asarray([(*p.valid.start, *p.valid.stop) for p in patch_grid_of(spec, image.shape).patches()])
+    n = len(boxes)
+    seed = spec.run.seed * 1000 + round_index
+    signature = _digest({"strategy": strategy.model_dump(mode="json"), "embeddings": store_sig, "annotated": annotated,
+                         "seed": seed, "scores": None if scores is None else _digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
+    url = selection_url(spec, round_index)
+    if st.exists(url):
+        prev = _read_json(url)
+        if prev.get("signature_sha256") == signature:
+            return {**prev, "url": url, "reused": True}
+    sel = select_patches(strategy, n=n, embeddings=emb, scores=scores, annotated=annotated, seed=seed, progress=progress)
+    ids = [int(i) for i in sel.picks]
+    record = {"round": round_index, "method": sel.method, "patch_ids": ids,
+              "boxes": [[int(v) for v in boxes[i]] for i in ids], "annotated_before": annotated, "detail": sel.detail,
+              "seed": seed, "signature_sha256": signature}
+    if picture and emb is not None:
+        from alseg.embed.picture import draw, pca_2d, thumbnail
+        from alseg.geometry import Box
+        from alseg.io.omezarr import open_volume
+
+        image = open_volume(spec.input.url, level=spec.input.level)
+        thumbs = {i: thumbnail(image, Box(tuple(boxes[i][:3]), tuple(boxes[i][3:]))) for i in ids[:6]}
+        png = st.join(spec.run.dir, "selection", f"round-{round_index:02d}.png")
+        draw(pca_2d(emb, seed=spec.run.seed), ids, png, thumbs=thumbs, annotated=annotated,
+             title=f"{spec.name}: round {round_index}, {sel.method}, {len(ids)} of {n} patches")
+        record["picture"] = png
+    _write_json(url, record)
+    return {**record, "url": url, "reused": False}
