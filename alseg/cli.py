@@ -154,6 +154,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "run": {"dir": str(Path(args.dir) / "run")},
         "patches": {"shape_vox": [16, 128, 128]},
         "pseudolabel": {"method": "classical", "block_shape_vox": [16, 256, 256], "halo_px": 48},
+        "embedding": {"backbone": "vit_tiny_patch16_224", "img_size_px": 64, "epochs": 10, "batch_size": 32,
+                      "warmup_epochs": 1, "learning_rate": 1e-3, "slices_per_patch": 4},
         "selection": {"method": "kcenter", "budget": 4, "rounds": 2},
         "resources": {"backend": "serial"},
     }, source="demo")
@@ -161,6 +163,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"pseudo-labels ({pl['method']}) -> {pl['url']}" + ("  (reused: same signature)" if pl["reused"] else ""))
     _print_summary("pseudo-labels", {k: pl[k] for k in ("objects", "pieces_2d", "links")})
     _print_scores(stages.evaluate(spec, pl["url"]))
+
+    # stage 4: a small MAE on the pool's sections, embeddings, and the first k-center core-set
+    emb = stages.run_embed(spec, progress=_progress(args))
+    _print_embedding(emb)
+    sel = stages.run_select(spec, round_index=1, progress=_progress(args))
+    print(f"core-set, round 1 ({sel['method']}): patches {sel['patch_ids']} -> {sel['url']}\n  picture: {sel['picture']}")
     print(f"open in napari: napari --plugin napari-ome-zarr {out} {pl['url']}")
     return 0
 
@@ -233,6 +241,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         held = spec.patches.holdout is not None
         print("on the held-out region:" if held else "on the whole volume:")
         _print_scores(stages.evaluate(spec, res["instances"], holdout_only=held))
+    return 0
+
+
+def _print_embedding(info: dict) -> None:
+    mae = info["mae"]
+    if mae.get("eval_before") is not None:
+        print(f"MAE -> {mae['checkpoint']}" + ("  (reused: same inputs)" if mae["reused"] else "")
+              + f"\n  reconstruction loss on fixed masked sections: {mae['eval_before']:.4f} -> {mae['eval_after']:.4f}")
+    else:
+        print(f"MAE -> {mae['checkpoint']} (given by embedding.weights_path)")
+    print(f"embeddings -> {info['url']} ({info['rows']} patches x {info['dim']})" + ("  (reused: same signature)" if info["reused"] else ""))
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Train the MAE on the candidate pool (or load embedding.weights_path) and embed every candidate patch."""
+    from alseg import stages
+
+    spec = _checked_spec(args.spec)
+    _print_embedding(stages.run_embed(spec, progress=_progress(args)))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Pick a round's patches for annotation by the spec's selection strategy."""
+    from alseg import stages
+
+    spec = _checked_spec(args.spec)
+    res = stages.run_select(spec, round_index=args.round, progress=_progress(args))
+    print(f"round {res['round']} ({res['method']}): patches {res['patch_ids']} -> {res['url']}"
+          + ("  (reused: same inputs)" if res["reused"] else ""))
+    if res.get("picture"):
+        print(f"  picture: {res['picture']}")
     return 0
 
 
@@ -347,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, fn, help_text, description in stage_commands:
         add(name, fn, help_text, description).add_argument("spec", help="path of the YAML job spec")
+    add("embed", cmd_embed, "train the MAE and embed every candidate patch (stage 4)",
+        "Train the masked autoencoder (embedding section: timm backbone, mask ratio, epochs) on sections of the "
+        "candidate pool, or load embedding.weights_path, then embed every candidate patch (mean of "
+        "slices_per_patch section embeddings, L2-normalised) into <run dir>/embedding/embeddings.zarr. "
+        "Reused when unchanged; an interrupted training or embedding resumes.").add_argument("spec", help="path of the YAML job spec")
+    p = add("select", cmd_select, "pick a round's patches for annotation (stage 4)",
+            "Select selection.budget candidate patches by the spec's strategy (kcenter, kmeans, random; entropy, "
+            "least_confidence, bald and hybrid need a trained model's scores), never one annotated in an earlier "
+            "round, into <run dir>/selection/round-NN.json with a picture of the embedding store (round-NN.png).")
+    p.add_argument("spec", help="path of the YAML job spec")
+    p.add_argument("--round", type=int, default=1, help="active-learning round (earlier rounds must exist; default 1)")
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",
             "Instance matching at IoU thresholds (one-to-one, optimal), with F1, precision, recall, accuracy, "
