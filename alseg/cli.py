@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Reused when unchanged; an interrupted training or embedding resumes.").add_argument("spec", help="path of the YAML job spec")
     p = add("select", cmd_select, "pick a round's patches for annotation (stage 4)",
             "Select selection.budget candidate patches by the spec's strategy (kcenter, kmeans, random; entropy, "
-            "least_confidence, bald and hybrid need a trained model's scores), never one annotated in an earlier "
+            "least_confidence, bald and hybrid score the pool with the pretrained nnU-Net), never one annotated in an earlier "
             "round, into <run dir>/selection/round-NN.json with a picture of the embedding store (round-NN.png).")
     p.add_argument("spec", help="path of the YAML job spec")
     p.add_argument("--round", type=int, default=1, help="active-learning round (earlier rounds must exist; default 1)")

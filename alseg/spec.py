@@ -190,6 +190,9 @@ class PlanOverrides(_Model):
     batch_size: int | None = Field(None, gt=0)
     features_per_stage: tuple[Annotated[int, Field(gt=0)], ...] | None = None
     n_stages: int | None = Field(None, gt=0)
+    dropout_p: float | None = Field(
+        None, ge=0.0, lt=1.0, description="dropout after every encoder and decoder convolution (nnU-Net has none by "
+        "default); needed for selection.mode mc_dropout")
 
 
 class TrainingSpec(_Model):
@@ -274,7 +277,9 @@ class LeastConfidenceSelection(_Budget):
 
 class BALDSelection(_Budget):
     method: Literal["bald"] = "bald"
-    mode: Literal["mc_dropout", "tta"] = "mc_dropout"
+    mode: Literal["mc_dropout", "tta"] = Field(
+        "tta", description="tta: disagreement over nnU-Net's mirror flips (its networks have no dropout); "
+        "mc_dropout: dropout kept on at inference, only for networks that have dropout layers")
     samples: int = Field(8, gt=1)
 
 

@@ -130,6 +130,21 @@ def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[
     return {**record, "reused": False}
 
 
+def _nnunet_device(spec: Any, res: Any) -> tuple[Any, str]:
+    """The device nnU-Net workers use and their resources: ``nnunet.device``, where ``auto`` means
+    CUDA when the stage asks for GPUs and this machine has one (else CPUs, asking Ray for no GPU)."""
+    import torch
+
+    from alseg.runtime import Resources
+
+    device = spec.nnunet.device
+    if device == "auto":
+        device = "cuda" if res.gpus > 0 and torch.cuda.is_available() else "cpu"
+    if device == "cpu" and res.gpus > 0:
+        res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes)
+    return res, device
+
+
 def _classes_to_mask(classes: "np.ndarray", value: int = 1) -> "np.ndarray":
     import numpy as np
 
@@ -170,9 +185,8 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
     out_dir = st.join(spec.run.dir, "prediction")
     work = st.join(spec.run.dir, "work", "predict", os.path.basename(os.path.dirname(model_folder)))
     try:
-        res = Resources.from_spec(spec.resources.prediction)
+        res, device = _nnunet_device(spec, Resources.from_spec(spec.resources.prediction))
         workers = spec.resources.prediction.workers or runner.capacity(res)
-        device = spec.nnunet.device if spec.nnunet.device != "auto" else ("cuda" if res.gpus > 0 else "cpu")
         p = spec.prediction
         classes_url = st.join(out_dir, "classes.zarr")
         predict_volume(model_folder, spec.input.url, classes_url, norm=IntensityNorm(**norm), block_shape=p.block_shape_vox,
@@ -225,7 +239,7 @@ def _sha256_of(url: str) -> str:
     return h.hexdigest()
 
 
-def run_mae(spec: Any, *, progress: bool = True) -> dict[str, Any]:
+def run_mae(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
     """Stage 4a: train the MAE on sections of the candidate pool (or take ``embedding.weights_path``).
 
     Writes ``<run dir>/embedding/mae/mae.pt`` (architecture and weights), ``training.json``
@@ -268,13 +282,33 @@ def run_mae(spec: Any, *, progress: bool = True) -> dict[str, Any]:
             return {**record, "checkpoint": final, "reused": True}
     patches = patch_grid_of(spec, image.shape).patches()
     slices = training_slices(image, patches, norm, e.img_size_px, e.max_train_slices, spec.run.seed, progress=progress)
-    torch.manual_seed(spec.run.seed)
-    model = build_mae(e)
     device = _embedding_device(spec)
-    result = train_mae(model, slices, e, checkpoint_url=st.join(mae_dir, "checkpoint_latest.pt"), signature=digest,
-                       seed=spec.run.seed, device=device, progress=progress)
-    save_bytes({"embedding_spec": e.model_dump(mode="json"), "model": model.cpu().state_dict(), "signature": digest}, final)
-    record = {"signature": signature, "signature_sha256": digest, "device": device, **result}
+    checkpoint = st.join(mae_dir, "checkpoint_latest.pt")
+    res = _embedding_resources(spec)
+    world = 1
+    if runner is not None and runner.name == "ray":
+        world = spec.resources.embedding.workers or (runner.capacity(res) if device == "cuda" else 1)
+    if world > 1:
+        from alseg.embed.distributed import train_distributed
+        from alseg.embed.train import load_bytes
+
+        if runner.capacity(res) < world:
+            from alseg.errors import SpecError
+
+            raise SpecError(f"data-parallel MAE training with {world} ranks, but the cluster fits only "
+                            f"{runner.capacity(res)} workers of resources.embedding at once")
+        result = train_distributed(e, slices, world=world, runner=runner, checkpoint_url=checkpoint, signature=digest,
+                                   seed=spec.run.seed, device=device, rendezvous_dir=st.join(spec.run.dir, "work", "mae"),
+                                   resources=res, local=getattr(runner, "address", None) is None)
+        state = load_bytes(checkpoint)["model"]
+    else:
+        torch.manual_seed(spec.run.seed)
+        model = build_mae(e)
+        result = train_mae(model, slices, e, checkpoint_url=checkpoint, signature=digest, seed=spec.run.seed, device=device,
+                           progress=progress)
+        state = model.cpu().state_dict()
+    save_bytes({"embedding_spec": e.model_dump(mode="json"), "model": state, "signature": digest}, final)
+    record = {"signature": signature, "signature_sha256": digest, "device": device, "ranks": world, **result}
     with fs.open(rpath, "w") as fh:
         json.dump(record, fh, indent=1)
     return {**record, "checkpoint": final, "reused": False}
@@ -287,6 +321,27 @@ def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[s
     parameters and alseg's version; a store with another signature is stale and recomputed, a
     complete one with the same signature is reused, a partial one resumes.
     """
+    from alseg.runtime import runner_from_spec
+
+    own = runner is None
+    runner = runner or runner_from_spec(spec.resources, progress=progress)
+    try:
+        return _embed_with(spec, runner, progress)
+    finally:
+        if own:
+            runner.close()
+
+
+def _embedding_resources(spec: Any) -> Any:
+    from alseg.runtime import Resources
+
+    res = Resources.from_spec(spec.resources.embedding)
+    if res.gpus > 0 and _embedding_device(spec) == "cpu":
+        res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes)  # no GPU here: run on CPUs
+    return res
+
+
+def _embed_with(spec: Any, runner: Any, progress: bool) -> dict[str, Any]:
     from alseg import __version__
     from alseg.embed import EmbeddingStore, StaleEmbeddingsError, embed_patches
     from alseg.embed.store import FORMAT
@@ -294,9 +349,8 @@ def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[s
     from alseg.io.omezarr import open_volume
     from alseg.nnunet import IntensityNorm
     from alseg.preflight import patch_grid_of
-    from alseg.runtime import Resources, runner_from_spec
 
-    mae = run_mae(spec, progress=progress)
+    mae = run_mae(spec, runner=runner, progress=progress)
     e = spec.embedding
     image = open_volume(spec.input.url, level=spec.input.level)
     patches = patch_grid_of(spec, image.shape).patches()
@@ -323,21 +377,68 @@ def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[s
         boxes = [(*p.valid.start, *p.valid.stop) for p in patches]
         store = EmbeddingStore.create(url, boxes=boxes, dim=dim, rows_per_chunk=e.rows_per_chunk, signature=signature)
         st.remove(work)
+    res = _embedding_resources(spec)
+    workers = spec.resources.embedding.workers or runner.capacity(res)
+    embed_patches(store, spec.input.url, patches, checkpoint_url=mae["checkpoint"], norm=norm, slices=e.slices_per_patch,
+                  level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
+                  device=_embedding_device(spec))
+    store.mark_complete()
+    return {"url": url, "rows": len(store), "dim": store.meta["dim"], "mae": mae, "reused": False}
+
+
+def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Uncertainty of every candidate patch under a trained nnU-Net (the pretrained one unless
+    ``model_folder`` and its ``norm`` are given): ``{"scores": {measure: list}, ...}``, kept in
+    ``<run dir>/selection/scores-<signature>.json`` and reused while model and parameters stay."""
+    import json
+    import os
+
+    from alseg import __version__
+    from alseg.errors import SpecError
+    from alseg.io.omezarr import open_volume
+    from alseg.preflight import patch_grid_of
+    from alseg.runtime import Resources, runner_from_spec
+    from alseg.select.score import score_patches
+
+    if model_folder is None:
+        record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
+        if not os.path.isfile(record_path):
+            raise SpecError(f"selection.method {spec.selection.method!r} ranks patches by a trained model's uncertainty: "
+                            "run the pretraining stage first (alseg pretrain)")
+        with open(record_path) as fh:
+            record = json.load(fh)
+        model_folder, norm = record["model_folder"], record["norm"]
+    if norm is None:
+        raise SpecError("scoring with a given model folder needs its intensity normalisation")
+    sel = spec.selection
+    mode, samples = (sel.mode, sel.samples) if sel.method == "bald" else ("none", 1)
+    image = open_volume(spec.input.url, level=spec.input.level)
+    patches = patch_grid_of(spec, image.shape).patches()
+    checkpoint = os.path.join(model_folder, "fold_all", "checkpoint_final.pth")
+    signature = {"model": _sha256_of(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
+                 "input": st.redact(spec.input.url), "level": spec.input.level, "patches": spec.patches.model_dump(mode="json"),
+                 "norm": norm, "alseg": __version__}
+    digest = _digest(signature)[:16]
+    url = st.join(spec.run.dir, "selection", f"scores-{digest}.json")
+    if st.exists(url):
+        return {**_read_json(url), "url": url, "reused": True}
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     try:
-        res = Resources.from_spec(spec.resources.embedding)
-        if res.gpus > 0 and _embedding_device(spec) == "cpu":
-            res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes)  # no GPU here: run on CPUs
-        workers = spec.resources.embedding.workers or runner.capacity(res)
-        embed_patches(store, spec.input.url, patches, checkpoint_url=mae["checkpoint"], norm=norm, slices=e.slices_per_patch,
-                      level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
-                      device=_embedding_device(spec))
+        res = Resources.from_spec(spec.resources.prediction)
+        res, device = _nnunet_device(spec, res)
+        workers = spec.resources.prediction.workers or runner.capacity(res)
+        scores = score_patches(model_folder, spec.input.url, patches, norm=norm, mode=mode, samples=samples, seed=spec.run.seed,
+                               level=spec.input.level, runner=runner, work_dir=st.join(spec.run.dir, "work", "score", digest),
+                               workers=workers, resources=res, device=device)
     finally:
         if own:
             runner.close()
-    store.mark_complete()
-    return {"url": url, "rows": len(store), "dim": store.meta["dim"], "mae": mae, "reused": False}
+    record = {"signature": signature, "model_folder": model_folder, "mode": mode, "samples": samples,
+              "scores": {k: v.tolist() for k, v in scores.items()}}
+    _write_json(url, record)
+    return {**record, "url": url, "reused": False}
 
 
 def selection_url(spec: Any, round_index: int) -> str:
@@ -392,14 +493,14 @@ def run_select(spec: Any, *, round_index: int = 1, scores: dict[str, Any] | None
     emb = None
     store_sig = None
     boxes = None
-    if needs_embeddings(strategy) or picture:
-        info = run_embed(spec, progress=progress)
-        store = EmbeddingStore.open(info["url"])
+    store_url = st.join(embedding_dir(spec), "embeddings.zarr")
+    if needs_embeddings(strategy) or (picture and st.exists(st.join(store_url, "zarr.json"))):
+        # diversity needs the store (made or reused here); others draw it only when it is already there
+        store_url = run_embed(spec, progress=progress)["url"]
+        store = EmbeddingStore.open(store_url)
         emb, boxes, store_sig = store.load(), store.boxes, store.meta["signature_sha256"]
     if uncertainty_measure(strategy) is not None and scores is None:
-        raise SpecError(f"selection.method {strategy.method!r} ranks patches by a model's uncertainty: pass the "
-                        "per-patch scores of a trained model (the scoring stage comes with the fine-tuning rounds); "
-                        "kcenter, kmeans and random need no model")
+        scores = run_scores(spec, progress=progress)["scores"]
     if boxes is None:
         from alseg.io.omezarr import open_volume
         from alseg.preflight import patch_grid_of

@@ -147,7 +147,11 @@ def train_mae(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                value = float(loss.detach())
+                reported = loss.detach().clone()
+                if world > 1:  # the global batch's loss, as one process would report it
+                    torch.distributed.all_reduce(reported)
+                    reported /= world
+                value = float(reported)
                 epoch_loss += value
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")

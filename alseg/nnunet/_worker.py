@@ -12,7 +12,7 @@ import sys
 
 
 def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
-    """alseg's plan overrides (patch, batch, stages, features) on nnU-Net's plans, checked."""
+    """alseg's plan overrides (patch, batch, stages, features, dropout) on nnU-Net's plans, checked."""
     conf = plans["configurations"][configuration]
     arch = conf["architecture"]["arch_kwargs"]
     n_planned = int(arch["n_stages"])
@@ -36,6 +36,13 @@ def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
         conf["patch_size"] = patch
     if overrides.get("batch_size"):
         conf["batch_size"] = int(overrides["batch_size"])
+    if overrides.get("dropout_p"):
+        op = "torch.nn.Dropout3d" if len(conf["patch_size"]) == 3 else "torch.nn.Dropout2d"
+        arch["dropout_op"] = op
+        arch["dropout_op_kwargs"] = {"p": float(overrides["dropout_p"]), "inplace": True}
+        needs = list(conf["architecture"].get("_kw_requires_import", []))
+        if "dropout_op" not in needs:  # nnU-Net resolves these names to classes
+            conf["architecture"]["_kw_requires_import"] = needs + ["dropout_op"]
     # every axis of the patch must be divisible by the network's total downsampling
     total = [1] * len(conf["patch_size"])
     for stride in arch["strides"]:

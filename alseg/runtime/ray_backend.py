@@ -54,6 +54,8 @@ class RayRunner(Runner):
         progress: bool = True,
     ) -> None:
         super().__init__(retries=retries, max_in_flight=max_in_flight, progress=progress)
+        self.address = address
+        """None: a local cluster on 127.0.0.1 started by this runner (or one already running here)."""
         ray = _import_ray(local=address is None)
         self._ray = ray
         self._started = False

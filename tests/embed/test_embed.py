@@ -144,3 +144,19 @@ def test_select_stage_rounds_picture_and_reference(tmp_path):
     assert run_select(spec, round_index=2, progress=False)["reused"]
     with open(tmp_path / "run" / "selection" / "round-01.json") as fh:
         assert json.load(fh)["boxes"][0][3] - json.load(open(tmp_path / "run" / "selection" / "round-01.json"))["boxes"][0][0] == 8
+
+
+def test_random_selection_needs_no_mae_and_uncertainty_asks_for_scores(tmp_path):
+    from alseg.errors import SpecError
+    from alseg.stages import run_select
+
+    spec = _spec(tmp_path)
+    spec = spec.model_copy(update={"selection": parse_spec({**spec.model_dump(mode="json"),
+                                                            "selection": {"method": "random", "budget": 5}}).selection})
+    res = run_select(spec, round_index=1, progress=False)
+    assert len(set(res["patch_ids"])) == 5 and max(res["patch_ids"]) < 16 and "picture" not in res
+    assert not (tmp_path / "run" / "embedding").exists()
+    spec_e = spec.model_copy(update={"selection": parse_spec({**spec.model_dump(mode="json"),
+                                                              "selection": {"method": "entropy", "budget": 5}}).selection})
+    with pytest.raises(SpecError, match="uncertainty"):
+        run_select(spec_e, round_index=1, progress=False)
