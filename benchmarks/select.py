@@ -16,8 +16,10 @@ a smaller problem (``--n-full`` rows, ``--k-full`` picks) and checks all picks a
 
 It also times the alternatives measured before choosing: one greedy step with FAISS
 (``faiss.pairwise_distances``) and with torch (``torch.mv``), and the distances of every row to
-an annotated set of ``--annotated`` rows (per-centre sgemv as the greedy does, numpy sgemm in
-chunks, FAISS ``IndexFlatIP.search``). With ``--gpu`` (and a CUDA device) it adds torch on the GPU.
+an annotated set of ``--annotated`` rows (one sgemv per centre, numpy sgemm in chunks as alseg
+does, FAISS ``IndexFlatIP.search``). With ``--gpu`` (and a CUDA device) it adds one step with
+``torch.mv`` on the GPU and the whole greedy with ``device="cuda"``, and whether its picks equal
+the CPU's.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ def main(argv=None) -> int:
             return out
 
         alt["torch.mv (cuda)"] = _timed(gpu_step, repeat=10)[0]
+        t0 = time.perf_counter()
+        on_gpu = kcenter_greedy(x, args.k, starts=starts, device="cuda")
+        gpu_seconds = time.perf_counter() - t0
 
     # distances of all rows to an annotated set
     ann = x[rng.choice(args.n, args.annotated, replace=False)]
@@ -135,6 +140,11 @@ def main(argv=None) -> int:
     except Exception as err:  # noqa: BLE001
         init["faiss IndexFlatIP.search k=1"] = f"failed: {err}"
 
+    gpu = {}
+    if args.gpu and torch.cuda.is_available():
+        gpu = {"kcenter_cuda_seconds": round(gpu_seconds, 2), "speedup_vs_reference": round(t_ref / gpu_seconds, 1),
+               "picks_equal_cpu": bool(np.array_equal(on_gpu.picks, ours.picks)),
+               "first_difference": int(np.argmax(on_gpu.picks != ours.picks)) if not np.array_equal(on_gpu.picks, ours.picks) else None}
     report = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "n": args.n, "d": args.d, "k": args.k,
@@ -148,6 +158,7 @@ def main(argv=None) -> int:
                      "identical_picks": same_full},
         "one_step_seconds": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in alt.items()},
         f"distances_to_{args.annotated}_annotated_seconds": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in init.items()},
+        **({"gpu": gpu} if gpu else {}),
     }
     print(json.dumps(report, indent=1))
     return 0 if same_prefix and same_full else 1

@@ -150,8 +150,58 @@ class _Greedy:
                 np.minimum(self.mind[a:b], d, out=self.mind[a:b])
         self.mind[idx] = MASKED
 
+    def mask(self, blocked: np.ndarray) -> None:
+        self.mind[blocked] = MASKED
+
     def farthest(self) -> tuple[int, float]:
         i = int(np.argmax(self.mind))
+        return i, float(self.mind[i])
+
+
+class _TorchGreedy:
+    """The same greedy with the rows on a torch device (a GPU): one ``mv`` per step.
+
+    Exact in its own arithmetic; the dot products may differ from the CPU's BLAS in the last bit,
+    so picks agree with the CPU path except where two candidates tie to float precision.
+    """
+
+    def __init__(self, rows: _Rows, metric: Metric, device: str) -> None:
+        import torch
+
+        if not rows.in_memory:
+            raise SpecError("k-center on a GPU needs the rows in memory: raise max_memory_bytes or use device 'cpu'")
+        if metric not in ("cosine", "euclidean"):
+            raise SpecError(f"k-center distance: expected 'cosine' or 'euclidean', got {metric!r}")
+        self.torch, self.metric = torch, metric
+        self.x = torch.from_numpy(rows.data).to(device)
+        self.mind = torch.full((rows.n,), float("inf"), dtype=torch.float32, device=device)
+        self.sqnorm = (self.x * self.x).sum(dim=1) if metric == "euclidean" else None
+
+    def _distances(self, s, cidx):
+        if self.metric == "cosine":
+            return (1.0 - s).clamp_(0.0, 2.0)
+        sq = self.sqnorm[cidx]
+        return (self.sqnorm[:, None] - 2.0 * s + sq[None, :]).clamp_(min=0.0) if s.ndim == 2 else \
+            (self.sqnorm - 2.0 * s + sq).clamp_(min=0.0)
+
+    def add_center(self, i: int) -> None:
+        d = self._distances(self.torch.mv(self.x, self.x[i]), i)
+        self.torch.minimum(self.mind, d, out=self.mind)
+        self.mind[i] = float(MASKED)
+
+    def add_centers(self, idx: Sequence[int], batch: int = 512) -> None:
+        idx = [int(i) for i in idx]
+        for c0 in range(0, len(idx), batch):
+            sel = self.torch.as_tensor(idx[c0 : c0 + batch], device=self.x.device)
+            d = self._distances(self.x @ self.x[sel].T, sel).min(dim=1).values
+            self.torch.minimum(self.mind, d, out=self.mind)
+        self.mind[self.torch.as_tensor(idx, device=self.x.device)] = float(MASKED)
+
+    def mask(self, blocked: np.ndarray) -> None:
+        self.mind[self.torch.from_numpy(blocked).to(self.mind.device)] = float(MASKED)
+
+    def farthest(self) -> tuple[int, float]:
+        i = int(self.torch.argmax(self.mind))  # the first of equal maxima, as numpy
         return i, float(self.mind[i])
 
 
@@ -167,6 +217,7 @@ def kcenter_greedy(
     exclude: Sequence[int] | np.ndarray | None = None,
     chunk_rows: int = 16384,
     max_memory_bytes: int = 8 * 2**30,
+    device: str = "cpu",
     progress: bool = False,
 ) -> KCenterResult:
     """Pick ``budget`` rows of ``embeddings`` by k-center greedy.
@@ -176,7 +227,8 @@ def kcenter_greedy(
     ``n_initial`` rows drawn at random (seeded) from the candidates; either counts towards the
     budget. ``exclude`` rows are never picked. For
     ``cosine`` the rows must be L2-normalised (:func:`normalize_rows`; the embedding store keeps
-    them so).
+    them so). ``device`` ``"cpu"`` runs on numpy / BLAS; a torch device (``"cuda"``) keeps the
+    rows there; ``"auto"`` takes CUDA when torch sees a GPU.
     """
     rows = _Rows(embeddings, chunk_rows, max_memory_bytes)
     n = rows.n
@@ -200,8 +252,12 @@ def kcenter_greedy(
         if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
             raise SpecError("cosine k-center needs L2-normalised rows: pass normalize_rows(embeddings)")
 
-    g = _Greedy(rows, metric)
-    g.mind[blocked] = MASKED
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = _Greedy(rows, metric) if device == "cpu" else _TorchGreedy(rows, metric, device)
+    g.mask(blocked)
     picks: list[int] = []
     dists: list[float] = []
     n_random = 0

@@ -119,9 +119,11 @@ def select_patches(
     exclude: Any = None,
     seed: int = 0,
     budget: int | None = None,
+    device: str = "auto",
     progress: bool = False,
 ) -> Selection:
-    """Pick ``budget`` (default: the strategy's) of ``n`` candidates by ``strategy``."""
+    """Pick ``budget`` (default: the strategy's) of ``n`` candidates by ``strategy`` (k-center on
+    ``device``: ``auto`` takes a GPU when torch sees one)."""
     budget = int(budget if budget is not None else strategy.budget)
     method = strategy.method
     blocked = _blocked(n, annotated, exclude)
@@ -148,7 +150,7 @@ def select_patches(
     if method == "kcenter":
         res = kcenter_greedy(embeddings, budget, annotated=annotated if strategy.initial == "annotated" else (),
                              n_initial=strategy.n_initial, seed=seed, metric=strategy.distance, exclude=blocked,
-                             progress=progress)
+                             device=device, progress=progress)
         return Selection(res.picks, method, {"distance": res.distance.tolist(), "random_starts": res.n_initial})
     if method == "kmeans":
         emb = embeddings if isinstance(embeddings, np.ndarray) else embeddings[:]
@@ -162,7 +164,7 @@ def select_patches(
         ann = np.asarray(list(annotated), dtype=np.int64)
         rows = np.concatenate([ann, shortlist])
         res = kcenter_greedy(rows_of(embeddings, rows), budget, annotated=range(len(ann)), starts=None if len(ann) else [0],
-                             metric="cosine", progress=progress)
+                             metric="cosine", device=device, progress=progress)
         picks = rows[res.picks]
         return Selection(picks, method, {measure: score[picks].tolist(), "shortlist": len(shortlist)})
     raise SpecError(f"unknown selection method {method!r}")

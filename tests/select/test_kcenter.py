@@ -74,3 +74,19 @@ def test_bad_input():
         kcenter_greedy(x[0], 1)
     with pytest.raises(SpecError, match="starts"):
         kcenter_greedy(x, 3, starts=[1, 1])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_torch_device_path_picks_the_same(metric):
+    """The GPU code path, run on torch's CPU device here (no GPU in CI)."""
+    x = normalize_rows(_data(3000, 32, seed=8)) if metric == "cosine" else _data(3000, 32, seed=8)
+    a = kcenter_greedy(x, 50, starts=[11], metric=metric, device="cpu")
+    b = kcenter_greedy(x, 50, starts=[11], metric=metric, device=torch_cpu())
+    np.testing.assert_array_equal(a.picks, b.picks)
+    ann = kcenter_greedy(x, 30, annotated=[1, 2, 3, 4], exclude=[5], metric=metric, device=torch_cpu())
+    np.testing.assert_array_equal(ann.picks, reference_kcenter(x, 30, [], annotated=[1, 2, 3, 4], exclude=[5], metric=metric))
+
+
+def torch_cpu():
+    """A torch device string that is not 'cpu' to alseg's dispatch but runs on the CPU."""
+    return "cpu:0"
