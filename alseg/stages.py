@@ -130,14 +130,14 @@ def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[
     return {**record, "reused": False}
 
 
-def _nnunet_device(spec: Any, res: Any) -> tuple[Any, str]:
-    """The device nnU-Net workers use and their resources: ``nnunet.device``, where ``auto`` means
-    CUDA when the stage asks for GPUs and this machine has one (else CPUs, asking Ray for no GPU)."""
+def _device_for(stage: Any, device: str = "auto") -> tuple[Any, str]:
+    """A stage's worker resources and torch device: ``auto`` means CUDA when the stage asks for
+    GPUs and this machine has one; a CPU device asks Ray for no GPU."""
     import torch
 
     from alseg.runtime import Resources
 
-    device = spec.nnunet.device
+    res = Resources.from_spec(stage)
     if device == "auto":
         device = "cuda" if res.gpus > 0 and torch.cuda.is_available() else "cpu"
     if device == "cpu" and res.gpus > 0:
@@ -169,7 +169,7 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
     from alseg.nnunet import IntensityNorm
     from alseg.nnunet.predict import predict_volume
     from alseg.postprocess.stitch import label_components
-    from alseg.runtime import Resources, runner_from_spec
+    from alseg.runtime import runner_from_spec
 
     if model_folder is None:
         record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
@@ -185,7 +185,7 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
     out_dir = st.join(spec.run.dir, "prediction")
     work = st.join(spec.run.dir, "work", "predict", os.path.basename(os.path.dirname(model_folder)))
     try:
-        res, device = _nnunet_device(spec, Resources.from_spec(spec.resources.prediction))
+        res, device = _device_for(spec.resources.prediction, spec.nnunet.device)
         workers = spec.resources.prediction.workers or runner.capacity(res)
         p = spec.prediction
         classes_url = st.join(out_dir, "classes.zarr")
@@ -222,32 +222,14 @@ def embedding_dir(spec: Any) -> str:
     return st.join(spec.run.dir, "embedding")
 
 
-def _embedding_device(spec: Any) -> str:
-    import torch
-
-    return "cuda" if spec.resources.embedding.gpus > 0 and torch.cuda.is_available() else "cpu"
-
-
-def _sha256_of(url: str) -> str:
-    import hashlib
-
-    fs, path = st.filesystem(url)
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def run_mae(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
+def run_mae(spec: Any, *, runner: Any = None, norm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Stage 4a: train the MAE on sections of the candidate pool (or take ``embedding.weights_path``).
 
     Writes ``<run dir>/embedding/mae/mae.pt`` (architecture and weights), ``training.json``
     (losses, fixed-set reconstruction loss before and after) and, during training, a resumable
-    ``checkpoint_latest.pt``. Reused when the inputs and parameters are unchanged.
+    ``checkpoint_latest.pt``. Reused when the inputs and parameters are unchanged. ``norm``: the
+    input's :class:`~alseg.nnunet.IntensityNorm` when the caller has it already.
     """
-    import json
-
     import torch
 
     from alseg import __version__
@@ -268,23 +250,20 @@ def run_mae(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str
     mae_dir = st.join(embedding_dir(spec), "mae")
     final, record_url = st.join(mae_dir, "mae.pt"), st.join(mae_dir, "training.json")
     image = open_volume(spec.input.url, level=spec.input.level)
-    norm = IntensityNorm.of_volume(spec.input.url)
+    norm = norm or IntensityNorm.of_volume(spec.input.url)
     params = e.model_dump(mode="json", exclude={"slices_per_patch", "rows_per_chunk", "weights_path"})
     signature = {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape),
                  "patches": spec.patches.model_dump(mode="json"), "embedding": params, "seed": spec.run.seed,
                  "norm": norm.to_json(), "alseg": __version__}
     digest = _digest(signature)
-    fs, rpath = st.filesystem(record_url)
-    if fs.exists(rpath) and st.exists(final):
-        with fs.open(rpath, "r") as fh:
-            record = json.load(fh)
+    if st.exists(record_url) and st.exists(final):
+        record = _read_json(record_url)
         if record.get("signature_sha256") == digest:
             return {**record, "checkpoint": final, "reused": True}
     patches = patch_grid_of(spec, image.shape).patches()
     slices = training_slices(image, patches, norm, e.img_size_px, e.max_train_slices, spec.run.seed, progress=progress)
-    device = _embedding_device(spec)
+    res, device = _device_for(spec.resources.embedding)
     checkpoint = st.join(mae_dir, "checkpoint_latest.pt")
-    res = _embedding_resources(spec)
     world = 1
     if runner is not None and runner.name == "ray":
         world = spec.resources.embedding.workers or (runner.capacity(res) if device == "cuda" else 1)
@@ -309,8 +288,7 @@ def run_mae(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str
         state = model.cpu().state_dict()
     save_bytes({"embedding_spec": e.model_dump(mode="json"), "model": state, "signature": digest}, final)
     record = {"signature": signature, "signature_sha256": digest, "device": device, "ranks": world, **result}
-    with fs.open(rpath, "w") as fh:
-        json.dump(record, fh, indent=1)
+    _write_json(record_url, record)
     return {**record, "checkpoint": final, "reused": False}
 
 
@@ -332,15 +310,6 @@ def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[s
             runner.close()
 
 
-def _embedding_resources(spec: Any) -> Any:
-    from alseg.runtime import Resources
-
-    res = Resources.from_spec(spec.resources.embedding)
-    if res.gpus > 0 and _embedding_device(spec) == "cpu":
-        res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes)  # no GPU here: run on CPUs
-    return res
-
-
 def _embed_with(spec: Any, runner: Any, progress: bool) -> dict[str, Any]:
     from alseg import __version__
     from alseg.embed import EmbeddingStore, StaleEmbeddingsError, embed_patches
@@ -350,12 +319,13 @@ def _embed_with(spec: Any, runner: Any, progress: bool) -> dict[str, Any]:
     from alseg.nnunet import IntensityNorm
     from alseg.preflight import patch_grid_of
 
-    mae = run_mae(spec, runner=runner, progress=progress)
+    intensity = IntensityNorm.of_volume(spec.input.url)
+    mae = run_mae(spec, runner=runner, norm=intensity, progress=progress)
     e = spec.embedding
     image = open_volume(spec.input.url, level=spec.input.level)
     patches = patch_grid_of(spec, image.shape).patches()
-    norm = IntensityNorm.of_volume(spec.input.url).to_json()
-    model_sha = _sha256_of(mae["checkpoint"])
+    norm = intensity.to_json()
+    model_sha = st.sha256(mae["checkpoint"])
     signature = {"data": {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape), "norm": norm},
                  "model": model_sha,
                  "parameters": {"slices_per_patch": e.slices_per_patch, "img_size_px": e.img_size_px,
@@ -377,11 +347,10 @@ def _embed_with(spec: Any, runner: Any, progress: bool) -> dict[str, Any]:
         boxes = [(*p.valid.start, *p.valid.stop) for p in patches]
         store = EmbeddingStore.create(url, boxes=boxes, dim=dim, rows_per_chunk=e.rows_per_chunk, signature=signature)
         st.remove(work)
-    res = _embedding_resources(spec)
+    res, device = _device_for(spec.resources.embedding)
     workers = spec.resources.embedding.workers or runner.capacity(res)
     embed_patches(store, spec.input.url, patches, checkpoint_url=mae["checkpoint"], norm=norm, slices=e.slices_per_patch,
-                  level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
-                  device=_embedding_device(spec))
+                  level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res, device=device)
     store.mark_complete()
     return {"url": url, "rows": len(store), "dim": store.meta["dim"], "mae": mae, "reused": False}
 
@@ -398,7 +367,7 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
     from alseg.errors import SpecError
     from alseg.io.omezarr import open_volume
     from alseg.preflight import patch_grid_of
-    from alseg.runtime import Resources, runner_from_spec
+    from alseg.runtime import runner_from_spec
     from alseg.select.score import score_patches
 
     if model_folder is None:
@@ -416,7 +385,7 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
     image = open_volume(spec.input.url, level=spec.input.level)
     patches = patch_grid_of(spec, image.shape).patches()
     checkpoint = os.path.join(model_folder, "fold_all", "checkpoint_final.pth")
-    signature = {"model": _sha256_of(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
+    signature = {"model": st.sha256(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
                  "input": st.redact(spec.input.url), "level": spec.input.level, "patches": spec.patches.model_dump(mode="json"),
                  "norm": norm, "alseg": __version__}
     digest = _digest(signature)[:16]
@@ -426,8 +395,7 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     try:
-        res = Resources.from_spec(spec.resources.prediction)
-        res, device = _nnunet_device(spec, res)
+        res, device = _device_for(spec.resources.prediction, spec.nnunet.device)
         workers = spec.resources.prediction.workers or runner.capacity(res)
         scores = score_patches(model_folder, spec.input.url, patches, norm=norm, mode=mode, samples=samples, seed=spec.run.seed,
                                level=spec.input.level, runner=runner, work_dir=st.join(spec.run.dir, "work", "score", digest),

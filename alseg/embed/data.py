@@ -54,10 +54,10 @@ def read_sections(volume: Any, valid: Box, zs: Sequence[int]) -> np.ndarray:
     return block[[z - lo for z in zs]]
 
 
-def patch_inputs(volume: Any, patch: Any, norm: Any, slices: int, img_size: int) -> torch.Tensor:
-    """Model inputs of one candidate patch: ``(slices, 1, img_size, img_size)``."""
-    zs = slice_indices(patch.valid, slices)
-    return prepare(read_sections(volume, patch.valid, zs), norm, patch.box.shape[1:], img_size)
+def patch_inputs(volume: Any, valid: Box, nominal_yx: Sequence[int], norm: Any, slices: int, img_size: int) -> torch.Tensor:
+    """Model inputs of one candidate patch (its ``valid`` box, its nominal y x size):
+    ``(slices, 1, img_size, img_size)``."""
+    return prepare(read_sections(volume, valid, slice_indices(valid, slices)), norm, nominal_yx, img_size)
 
 
 def training_slices(volume: Any, patches: Sequence[Any], norm: Any, img_size: int, max_slices: int, seed: int,

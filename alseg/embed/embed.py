@@ -52,12 +52,6 @@ class _EmbedJob:
     slices: int
 
 
-@dataclass(frozen=True)
-class _PatchLike:
-    valid: Box
-    box: Box
-
-
 class EmbedWorker:
     """One MAE per worker (one per GPU), loaded once, fed chunks of store rows."""
 
@@ -77,8 +71,8 @@ class EmbedWorker:
         norm = IntensityNorm(**job.norm)
         rows = np.empty((len(job.boxes), self.model.encoder.embed_dim), dtype=np.float32)
         for k, (start, stop, shape) in enumerate(job.boxes):
-            p = _PatchLike(Box(tuple(start), tuple(stop)), Box.from_shape(tuple(shape), tuple(start)))
-            rows[k] = embed_inputs(self.model, patch_inputs(volume, p, norm, job.slices, self.spec.img_size_px), self.device)
+            inputs = patch_inputs(volume, Box(tuple(start), tuple(stop)), shape[1:], norm, job.slices, self.spec.img_size_px)
+            rows[k] = embed_inputs(self.model, inputs, self.device)
         EmbeddingStore.open(job.store, mode="r+").write_rows(job.start, normalize_rows(rows))
         return {"rows": len(rows)}
 

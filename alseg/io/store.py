@@ -126,6 +126,18 @@ def has_content(url: str | os.PathLike[str]) -> bool:
         raise StoreError(f"cannot reach {redact(url)}: {_short(err)}") from err
 
 
+def sha256(url: str | os.PathLike[str]) -> str:
+    """sha256 of the bytes stored at ``url`` (a local file or an object), read in 1 MiB pieces."""
+    import hashlib
+
+    fs, path = filesystem(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def remove(url: str | os.PathLike[str]) -> None:
     """Delete everything at ``url`` (used only behind an explicit overwrite flag)."""
     fs, path = filesystem(url)

@@ -9,7 +9,6 @@ empty mask in place of an error.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Protocol
 
@@ -62,13 +61,9 @@ def robust_unit(img: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.nda
 
 def file_digest(path: str | os.PathLike[str] | None) -> str | None:
     """sha256 of a weights file (the model part of a pseudo-label signature); None without a file."""
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from alseg.io import store as st
+
+    return None if path is None else st.sha256(path)
 
 
 def make_labeller(spec: Any, *, device: str | None = None, pixel_size_nm: float = 8.0) -> Labeller:

@@ -72,8 +72,8 @@ class _Rows:
         else:
             self.data = data
             self.in_memory = False
-        store_rows = getattr(data, "chunks", (chunk_rows,))[0] if not self.in_memory else chunk_rows
-        self.chunk_rows = max(1, int(store_rows if not self.in_memory else chunk_rows))
+        # in memory: chunks that stay in cache; streamed: the store's own row chunks
+        self.chunk_rows = max(1, int(chunk_rows if self.in_memory else getattr(data, "chunks", (chunk_rows,))[0]))
 
     @staticmethod
     def _load(data: Any) -> np.ndarray:

@@ -19,7 +19,7 @@ from alseg.errors import SpecError
 from alseg.select.kcenter import kcenter_greedy
 
 DIVERSITY = ("kcenter", "kmeans", "hybrid")
-UNCERTAINTY = {"entropy": "entropy", "least_confidence": "least_confidence", "bald": "bald"}
+UNCERTAINTY = ("entropy", "least_confidence", "bald")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def uncertainty_measure(strategy: Any) -> str | None:
     """The uncertainty score a strategy ranks by (None for pure diversity / random)."""
     if strategy.method == "hybrid":
         return strategy.uncertainty
-    return UNCERTAINTY.get(strategy.method)
+    return strategy.method if strategy.method in UNCERTAINTY else None
 
 
 def _blocked(n: int, annotated: Sequence[int], exclude: Any) -> np.ndarray:
