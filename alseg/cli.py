@@ -1,22 +1,52 @@
 """The ``alseg`` command line. The only place that reads environment variables.
 
 Every user-facing failure is an :class:`~alseg.errors.AlsegError`: it is printed as one clear
-message (no traceback) and the command exits non-zero (2 for an invalid spec or argument, 1 for
-anything else). ``ALSEG_DEBUG=1`` shows tracebacks.
+message (no traceback) and the command exits non-zero: 2 for an invalid spec or argument, 1 for
+data, stores and outputs that already exist. Anything else is a bug: one line, exit 1, and the
+traceback with ``ALSEG_DEBUG=1``.
+
+Every message that leaves the command (errors, tracebacks, log lines) goes through one
+redaction path (:func:`alseg.io.urls.scrub`): URLs lose user info and query strings, and the
+values of the secret variables of the environment (AWS keys and tokens, fsspec keys) are masked,
+whatever library wrote the text.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from alseg.errors import AlsegError, SpecError
+from alseg.io.urls import scrub, secrets_from_environment
 
 DEMO_DIR = "demo-run"
+_SECRETS: list[str] = []  # secret values of this process's environment, masked in every message
+
+
+def _say(text: str) -> None:
+    """A message to stderr, redacted."""
+    print(scrub(text, _SECRETS), file=sys.stderr)
+
+
+class _Scrubbed(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), _SECRETS)
+
+
+def _setup_logging() -> None:
+    """alseg's log lines (and any library's that reach the root logger) on stderr, redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Scrubbed("alseg: %(message)s"))
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, _Scrubbed) for h in root.handlers):
+        root.addHandler(handler)
+    logging.getLogger("alseg").setLevel(logging.INFO)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -42,9 +72,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.spec)
     except SpecError as err:
-        print(f"{args.spec}: invalid job spec ({len(err.problems)} problem(s)):", file=sys.stderr)
+        _say(f"{args.spec}: invalid job spec ({len(err.problems)} problem(s)):")
         for path, msg in err.problems:
-            print(f"  {path}: {msg}", file=sys.stderr)
+            _say(f"  {path}: {msg}")
         return 2
     if args.offline:
         print(f"{args.spec}: valid (spec {spec.digest()}; input not checked: --offline)")
@@ -53,10 +83,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     report = preflight(spec)
     if not report.ok:
-        print(f"{args.spec}: the spec does not fit its input ({len(report.problems)} problem(s)):", file=sys.stderr)
+        _say(f"{args.spec}: the spec does not fit its input ({len(report.problems)} problem(s)):")
         for path, msg in report.problems:
-            print(f"  {path}: {msg}", file=sys.stderr)
-        return 2
+            _say(f"  {path}: {msg}")
+        return 2 if isinstance(report.error(), SpecError) else 1
     facts = ", ".join(f"{k}={v}" for k, v in report.facts.items())
     print(f"{args.spec}: valid (spec {spec.digest()}); input: {facts}")
     return 0
@@ -93,20 +123,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from alseg.ingest import ingest, ingest_labels, open_source
+    """An image stack (and optionally its labels) as one OME-Zarr output, complete only with both."""
+    from contextlib import ExitStack
 
-    source = open_source(args.source, dataset=args.dataset)
-    try:
-        vol = ingest(source, args.out, voxel_size_nm=args.voxel_size, chunks=args.chunks, overwrite=args.overwrite, progress=_progress(args))
-    finally:
-        source.close()
+    from alseg.ingest import ingest, open_source
+    from alseg.io.omezarr import open_labels
+
+    with ExitStack() as stack:
+        source = open_source(args.source, dataset=args.dataset)
+        stack.callback(source.close)
+        labels = {}
+        if args.labels:
+            labels[args.labels_name] = open_source(args.labels, dataset=args.labels_dataset)
+            stack.callback(labels[args.labels_name].close)
+        vol = ingest(source, args.out, voxel_size_nm=args.voxel_size, chunks=args.chunks, overwrite=args.overwrite,
+                     progress=_progress(args), labels=labels)
     print(vol.summary())
     if args.labels:
-        lsource = open_source(args.labels, dataset=args.labels_dataset)
-        try:
-            lab = ingest_labels(lsource, args.out, args.labels_name, overwrite=args.overwrite, progress=_progress(args))
-        finally:
-            lsource.close()
+        lab = open_labels(args.out, args.labels_name)
         print(f"  labels '{args.labels_name}': {lab.shape} {lab.dtype}")
     return 0
 
@@ -189,7 +223,7 @@ def _checked_spec(path: str):
     spec = load_spec(path)
     report = preflight(spec)
     if not report.ok:
-        raise SpecError("; ".join(f"{p}: {m}" for p, m in report.problems), report.problems)
+        raise report.error()
     return spec
 
 
@@ -418,23 +452,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _SECRETS[:] = secrets_from_environment(dict(os.environ))
+    _setup_logging()
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except AlsegError as err:
-        if os.environ.get("ALSEG_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        # an unreachable object store leaves half-run client coroutines that complain at exit;
-        # the error above already says what happened
-        sys.unraisablehook = lambda _: None
-        return 1
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        _say("interrupted")
+        code = 130
+    except Exception as err:  # noqa: BLE001 - every failure leaves as one redacted message
+        _failed(err)
+        code = 2 if isinstance(err, SpecError) else 1
+    if code:
+        _quiet_exit()
+    return code
+
+
+def _failed(err: BaseException) -> None:
+    """Print a failure as one line (a bug: also the traceback with ALSEG_DEBUG=1)."""
+    if os.environ.get("ALSEG_DEBUG"):
+        _say("".join(traceback.format_exception(err)).rstrip())
+    if isinstance(err, AlsegError):
+        _say(f"error: {err}")
+    else:
+        _say(f"error: internal error ({type(err).__name__}: {err}); please report it with the output of ALSEG_DEBUG=1")
+
+
+def _quiet_exit() -> None:
+    """After a failure, keep the exit quiet: a store that did not answer leaves client coroutines
+    that complain at shutdown, after the message that already said what happened."""
+    sys.unraisablehook = lambda _: None
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    import warnings
+
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,10 @@ parameters. Defaults follow the paper's MitoEM set-up: 32 x 512 x 512 candidate 
 k-center greedy on cosine distance with 3 random initial picks, MAE with mask ratio 0.75.
 
 The spec never holds credentials: storage options come from the environment / fsspec
-configuration; a URL with an embedded password is rejected.
+configuration. Every URL field refuses user info (``KEY:SECRET@``, ``KEY@``) and query parameters
+that carry tokens, with a message that never repeats them; no error message echoes a URL
+unredacted or a whole section of the spec. Duplicate YAML keys are errors (YAML would keep the
+last one silently).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alseg.errors import SpecError
+from alseg.io import store as st
+from alseg.io.urls import find_credentials, scrub
 
 Shape3 = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 NonNeg3 = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
@@ -32,17 +36,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_url(url: str) -> str:
+def _check_url(url: str | None) -> str | None:
+    if url is None:
+        return None
     url = url.strip()
     if not url:
         raise ValueError("expected a path or URL, got an empty string")
-    parts = urlsplit(url)
-    if parts.password:
+    found = find_credentials(url)
+    if found:
         raise ValueError(
-            "credentials must not be written into the spec: remove the 'user:password@' part and "
-            "provide them through the environment or fsspec configuration"
+            f"credentials must not be written into the spec (this URL carries {found}): remove them and provide "
+            "them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) or fsspec's configuration"
         )
     return url
+
+
+def _urls(*fields: str):
+    """A validator that applies :func:`_check_url` to ``fields``."""
+    return field_validator(*fields)(_check_url)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -59,7 +70,12 @@ class InputSpec(_Model):
         "the image's 'labels' group, or the URL of a separate OME-Zarr label image",
     )
 
-    _url = field_validator("url")(_check_url)
+    missing_chunks: Literal["error", "empty"] = Field(
+        "error", description="what an absent chunk of the image means: error (the volume is incomplete; the read fails "
+        "naming the chunk) or empty (the volume was written without its empty chunks; they read as zeros). Label "
+        "images (the ground truth) always read absent chunks as background")
+
+    _url = _urls("url", "ground_truth")
 
 
 class RunSpec(_Model):
@@ -69,7 +85,7 @@ class RunSpec(_Model):
     overwrite: bool = Field(False, description="allow reusing a run directory that belongs to a different spec")
     seed: int = Field(0, ge=0, description="master random seed; every stage derives its own from it")
 
-    _dir = field_validator("dir")(_check_url)
+    _dir = _urls("dir")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -161,6 +177,8 @@ class CellSAMPseudoLabel(_Linking):
     batch_size: int = Field(8, gt=0)
     bbox_threshold: float = Field(0.4, gt=0.0, lt=1.0)
 
+    _url = _urls("weights_path")
+
 
 class SAMPseudoLabel(_Linking):
     """segment-anything's automatic mask generator from a local checkpoint."""
@@ -173,6 +191,8 @@ class SAMPseudoLabel(_Linking):
     stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
     min_mask_area_px: int = Field(50, ge=0, description="smaller masks are dropped")
     batch_size: int = Field(4, gt=0)
+
+    _url = _urls("checkpoint")
 
 
 PseudoLabel = Annotated[
@@ -235,6 +255,8 @@ class EmbeddingSpec(_Model):
     slices_per_patch: int = Field(8, gt=0, description="evenly spaced slices embedded per 3D patch")
     rows_per_chunk: int = Field(1024, gt=0, description="embedding-store rows per chunk (and per work item)")
     weights_path: str | None = Field(None, description="reuse a trained MAE checkpoint instead of training")
+
+    _url = _urls("weights_path")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "EmbeddingSpec":
@@ -319,6 +341,8 @@ class ManualAnnotation(_Model):
     export_format: Literal["tif", "zarr"] = "tif"
     import_dir: str | None = Field(None, description="where annotated labels are read back from")
 
+    _url = _urls("import_dir")
+
 
 Annotation = Annotated[Union[SimulatedAnnotation, ManualAnnotation], Field(discriminator="method")]
 
@@ -389,6 +413,11 @@ class ResourcesSpec(_Model):
     embedding: StageResources = Field(default_factory=lambda: StageResources(cpus=2, gpus=1))
     prediction: StageResources = Field(default_factory=lambda: StageResources(cpus=2, gpus=1))
     postprocess: StageResources = Field(default_factory=StageResources)
+    node_wait_s: float = Field(
+        0.0, ge=0.0, description="on an existing (autoscaling) cluster, how long a stage waits for a node that fits "
+        "its per-worker request before failing; a local cluster fails at once")
+
+    _url = _urls("ray_address")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -423,8 +452,30 @@ class JobSpec(_Model):
 
     def digest(self) -> str:
         """A stable hash of the spec's content (defaults included), for provenance and caches."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _sha16(self.model_dump(mode="json"))
+
+    def job_content(self) -> dict[str, Any]:
+        """What makes this job this job: the spec without where and how it runs (``resources``) and
+        without ``run.overwrite`` (a permission, not content)."""
+        data = self.model_dump(mode="json", exclude={"resources": True, "run": {"overwrite"}})
+        return data
+
+    def job_digest(self) -> str:
+        """The hash a run directory records of the job that owns it (:meth:`job_content`)."""
+        return _sha16(self.job_content())
+
+
+def ground_truth_url(spec: JobSpec) -> str | None:
+    """The ground-truth label image a spec names: a label inside the image, or its own URL."""
+    gt = spec.input.ground_truth
+    if gt is None:
+        return None
+    return gt if ("/" in gt or ":" in gt) else st.join(spec.input.url, "labels", gt)
+
+
+def _sha16(obj: Any) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -437,17 +488,27 @@ def _path_of(loc: tuple[Any, ...]) -> str:
 
 
 def problems_of(err: ValidationError) -> list[tuple[str, str]]:
-    """``(field path, message)`` for every error pydantic found."""
+    """``(field path, message)`` for every error pydantic found.
+
+    The offending value is shown only when it is a short scalar that is not a URL carrying
+    credentials (and then with every URL in it redacted): never a whole section of the spec.
+    """
     out = []
     for e in err.errors(include_url=False):
-        msg = e["msg"]
+        msg = scrub(e["msg"])
         if e["type"] == "extra_forbidden":
             msg = "unknown field (not part of the spec: check its spelling)"
-        elif "input" in e and e["type"] not in ("missing",):
-            shown = repr(e["input"])
+        elif "input" in e and e["type"] not in ("missing",) and _showable(e["input"]):
+            shown = scrub(repr(e["input"]))
             msg = f"{msg} (got {shown if len(shown) < 80 else shown[:77] + '...'})"
         out.append((_path_of(e["loc"]), msg))
     return out
+
+
+def _showable(value: Any) -> bool:
+    if isinstance(value, (dict, list, tuple, set)):
+        return False
+    return not (isinstance(value, str) and find_credentials(value))
 
 
 def parse_spec(data: Any, *, source: str = "<spec>") -> JobSpec:
@@ -462,7 +523,8 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> JobSpec:
     except ValidationError as err:
         problems = problems_of(err)
         lines = "\n".join(f"  {path}: {msg}" for path, msg in problems)
-        raise SpecError(f"{source}: {len(problems)} problem(s) in the job spec:\n{lines}", problems) from err
+        # not chained: pydantic's own text repeats the offending values, which may carry secrets
+        raise SpecError(f"{source}: {len(problems)} problem(s) in the job spec:\n{lines}", problems) from None
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -475,10 +537,26 @@ def load_spec(path: str | Path) -> JobSpec:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise SpecError(f"job spec {p} cannot be read: {err}", [("<file>", str(err))]) from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
-        raise SpecError(f"{p}: not valid YAML: {err}", [("<yaml>", str(err))]) from err
+        msg = scrub(str(err))
+        raise SpecError(f"{p}: not valid YAML: {msg}", [("<yaml>", msg)]) from err
     return parse_spec(data, source=str(p))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def json_schema() -> dict[str, Any]:

@@ -7,42 +7,62 @@ selection and whole-volume prediction join as they land.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alseg.io import store as st
+from alseg.rundir import claim
+from alseg.spec import JobSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
-def pseudolabels_url(spec: Any) -> str:
+def pseudolabels_url(spec: JobSpec) -> str:
     return st.join(spec.run.dir, "pseudolabels.zarr")
 
 
-def run_pseudolabels(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
+def input_volume(spec: JobSpec):
+    """The spec's input image (lazily), read as ``input.missing_chunks`` says."""
+    from alseg.io.omezarr import open_volume
+
+    return open_volume(spec.input.url, level=spec.input.level, missing_chunks=spec.input.missing_chunks)
+
+
+def input_norm(spec: JobSpec):
+    """The input's intensity normalisation (:class:`~alseg.nnunet.IntensityNorm`)."""
+    from alseg.nnunet import IntensityNorm
+
+    return IntensityNorm.of_volume(spec.input.url, missing_chunks=spec.input.missing_chunks)
+
+
+def run_pseudolabels(spec: JobSpec, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
     """Stage 2: pseudo-labels of the input volume into ``<run dir>/pseudolabels.zarr``."""
     from alseg.pseudolabel import pseudolabel_volume
     from alseg.runtime import Resources, runner_from_spec
 
+    claim(spec)
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     try:
-        res = Resources.from_spec(spec.resources.pseudolabel)
+        res = Resources.from_spec(spec.resources.pseudolabel, label="resources.pseudolabel")
         workers = spec.resources.pseudolabel.workers or runner.capacity(res)
         p = spec.pseudolabel
         return pseudolabel_volume(
             spec.input.url, pseudolabels_url(spec), p, work_dir=st.join(spec.run.dir, "work", "pseudolabel"),
             block_shape=p.block_shape_vox, halo_yx=p.halo_px, level=spec.input.level, runner=runner,
-            workers=workers, resources=res,
+            workers=workers, resources=res, missing_chunks=spec.input.missing_chunks,
         )
     finally:
         if own:
             runner.close()
 
 
-def evaluate(spec: Any, labels_url: str, *, runner: Any = None, holdout_only: bool = False) -> dict[str, Any]:
+def evaluate(spec: JobSpec, labels_url: str, *, runner: Any = None, holdout_only: bool = False) -> dict[str, Any]:
     """Score a label volume against the spec's ground truth at its IoU thresholds (on the held-out
     evaluation region only, with ``holdout_only``)."""
     from alseg.errors import SpecError
     from alseg.evaluate.metrics import evaluate_volumes
-    from alseg.preflight import ground_truth_url
+    from alseg.spec import ground_truth_url
 
     gt = ground_truth_url(spec)
     if gt is None:
@@ -56,7 +76,7 @@ def evaluate(spec: Any, labels_url: str, *, runner: Any = None, holdout_only: bo
     return evaluate_volumes(gt, labels_url, thresholds=spec.evaluation.iou_thresholds, runner=runner, region=region)
 
 
-def nnunet_dirs(spec: Any):
+def nnunet_dirs(spec: JobSpec):
     """nnU-Net's folders under the run directory (nnU-Net reads and writes local files only)."""
     from alseg.errors import SpecError
     from alseg.nnunet import NnUNetDirs
@@ -84,7 +104,7 @@ def _fresh_dataset(dirs: Any, dataset_id: int, name: str) -> None:
         shutil.rmtree(st.join(root, dataset_name(dataset_id, name)), ignore_errors=True)
 
 
-def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[str, Any]:
+def run_pretrain(spec: JobSpec, *, progress: bool = True, echo: Any = None) -> dict[str, Any]:
     """Stage 3: nnU-Net configures itself on the pseudo-labels of the candidate pool and pretrains.
 
     Every pool patch (the held-out region excluded) becomes a case of ``Dataset001_pseudo``;
@@ -96,13 +116,14 @@ def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[
 
     from alseg import __version__
     from alseg.io.omezarr import open_volume
-    from alseg.nnunet import IntensityNorm, export_dataset, plan_and_preprocess, train
+    from alseg.nnunet import export_dataset, plan_and_preprocess, train
     from alseg.preflight import patch_grid_of
 
+    claim(spec)
     dirs = nnunet_dirs(spec).make()
     pl = run_pseudolabels(spec, progress=progress)
     pl_sig = open_volume(pl["url"]).provenance().get("signature_sha256")
-    image = open_volume(spec.input.url, level=spec.input.level)
+    image = input_volume(spec)
     boxes = [p.valid for p in patch_grid_of(spec, image.shape).patches()]
     n = spec.nnunet
     signature = {"pseudolabels": pl_sig, "patches": spec.patches.model_dump(mode="json"), "configuration": n.configuration,
@@ -117,8 +138,9 @@ def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[
         if record.get("signature_sha256") == digest and os.path.isfile(os.path.join(record["model_folder"], "fold_all", "checkpoint_final.pth")):
             return {**record, "reused": True}
     _fresh_dataset(dirs, 1, "pseudo")
-    norm = IntensityNorm.of_volume(spec.input.url)
-    export_dataset(dirs, 1, "pseudo", spec.input.url, pl["url"], boxes, norm=norm, boundary=n.boundary_class, level=spec.input.level)
+    norm = input_norm(spec)
+    export_dataset(dirs, 1, "pseudo", spec.input.url, pl["url"], boxes, norm=norm, boundary=n.boundary_class, level=spec.input.level,
+                   missing_chunks=spec.input.missing_chunks)
     plans = plan_and_preprocess(dirs, 1, configuration=n.configuration, overrides=n.plan_overrides.model_dump(), echo=echo)
     folder = train(dirs, 1, "pseudo", n.pretrain, configuration=n.configuration, device=n.device, echo=echo)
     conf = plans["configurations"][n.configuration]
@@ -130,28 +152,28 @@ def run_pretrain(spec: Any, *, progress: bool = True, echo: Any = None) -> dict[
     return {**record, "reused": False}
 
 
-def _device_for(stage: Any, device: str = "auto") -> tuple[Any, str]:
+def _device_for(stage: Any, device: str = "auto", *, label: str) -> tuple[Any, str]:
     """A stage's worker resources and torch device: ``auto`` means CUDA when the stage asks for
     GPUs and this machine has one; a CPU device asks Ray for no GPU."""
     import torch
 
     from alseg.runtime import Resources
 
-    res = Resources.from_spec(stage)
+    res = Resources.from_spec(stage, label=label)
     if device == "auto":
         device = "cuda" if res.gpus > 0 and torch.cuda.is_available() else "cpu"
     if device == "cpu" and res.gpus > 0:
-        res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes)
+        res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes, label=label)
     return res, device
 
 
-def _classes_to_mask(classes: "np.ndarray", value: int = 1) -> "np.ndarray":
+def _classes_to_mask(classes: np.ndarray, value: int = 1) -> np.ndarray:
     import numpy as np
 
     return (classes == value).astype(np.uint8)
 
 
-def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
+def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
                 progress: bool = True) -> dict[str, Any]:
     """Stage 7: the whole volume through the trained nnU-Net, block by block, then 3D instances.
 
@@ -165,12 +187,14 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
 
     from alseg.blockwise import map_volume
     from alseg.errors import SpecError
-    from alseg.io.omezarr import build_pyramid, create_label_image, open_volume
+    from alseg.io.omezarr import create_label_image
+    from alseg.pyramid import build_pyramid
     from alseg.nnunet import IntensityNorm
     from alseg.nnunet.predict import predict_volume
     from alseg.postprocess.stitch import label_components
     from alseg.runtime import runner_from_spec
 
+    claim(spec)
     if model_folder is None:
         record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
         if not os.path.isfile(record_path):
@@ -185,23 +209,23 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
     out_dir = st.join(spec.run.dir, "prediction")
     work = st.join(spec.run.dir, "work", "predict", os.path.basename(os.path.dirname(model_folder)))
     try:
-        res, device = _device_for(spec.resources.prediction, spec.nnunet.device)
+        res, device = _device_for(spec.resources.prediction, spec.nnunet.device, label="resources.prediction")
         workers = spec.resources.prediction.workers or runner.capacity(res)
         p = spec.prediction
         classes_url = st.join(out_dir, "classes.zarr")
         predict_volume(model_folder, spec.input.url, classes_url, norm=IntensityNorm(**norm), block_shape=p.block_shape_vox,
                        halo=p.halo_vox, level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
-                       device=device, mirroring=p.mirroring, tiling=p.tiling)
+                       device=device, mirroring=p.mirroring, tiling=p.tiling, missing_chunks=spec.input.missing_chunks)
         build_pyramid(classes_url, kind="mode", runner=runner, work_dir=work)
-        image = open_volume(spec.input.url, level=spec.input.level)
+        image = input_volume(spec)
         q = spec.postprocess
         mask_url = st.join(out_dir, "mask.zarr")
         if not st.exists(st.join(mask_url, "zarr.json")):
-            create_label_image(mask_url, like=image, chunks=q.block_shape_vox, dtype="uint8", name="mitochondria-mask")
+            create_label_image(mask_url, like=image, chunks=q.block_shape_vox, dtype="uint8", name="mitochondria-mask", kind="prediction")
         map_volume(_classes_to_mask, [classes_url], mask_url, block_shape=q.block_shape_vox, runner=runner, work_dir=work, name="mask")
         inst_url = st.join(out_dir, "instances.zarr")
         if not st.exists(st.join(inst_url, "zarr.json")):
-            create_label_image(inst_url, like=image, chunks=q.block_shape_vox, name="mitochondria")
+            create_label_image(inst_url, like=image, chunks=q.block_shape_vox, name="mitochondria", kind="prediction")
         if q.watershed == "none":
             info = label_components(mask_url, inst_url, block_shape=q.block_shape_vox, work_dir=st.join(work, "instances"),
                                     connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
@@ -218,11 +242,11 @@ def run_predict(spec: Any, *, model_folder: str | None = None, norm: dict | None
             runner.close()
 
 
-def embedding_dir(spec: Any) -> str:
+def embedding_dir(spec: JobSpec) -> str:
     return st.join(spec.run.dir, "embedding")
 
 
-def run_mae(spec: Any, *, runner: Any = None, norm: Any = None, progress: bool = True) -> dict[str, Any]:
+def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Stage 4a: train the MAE on sections of the candidate pool (or take ``embedding.weights_path``).
 
     Writes ``<run dir>/embedding/mae/mae.pt`` (architecture and weights), ``training.json``
@@ -236,8 +260,6 @@ def run_mae(spec: Any, *, runner: Any = None, norm: Any = None, progress: bool =
     from alseg.embed.data import training_slices
     from alseg.embed.mae import build_mae
     from alseg.embed.train import save_bytes, train_mae
-    from alseg.io.omezarr import open_volume
-    from alseg.nnunet import IntensityNorm
     from alseg.preflight import patch_grid_of
 
     e = spec.embedding
@@ -249,8 +271,9 @@ def run_mae(spec: Any, *, runner: Any = None, norm: Any = None, progress: bool =
         return {"checkpoint": e.weights_path, "trained": False, "reused": True}
     mae_dir = st.join(embedding_dir(spec), "mae")
     final, record_url = st.join(mae_dir, "mae.pt"), st.join(mae_dir, "training.json")
-    image = open_volume(spec.input.url, level=spec.input.level)
-    norm = norm or IntensityNorm.of_volume(spec.input.url)
+    claim(spec)
+    image = input_volume(spec)
+    norm = norm or input_norm(spec)
     params = e.model_dump(mode="json", exclude={"slices_per_patch", "rows_per_chunk", "weights_path"})
     signature = {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape),
                  "patches": spec.patches.model_dump(mode="json"), "embedding": params, "seed": spec.run.seed,
@@ -262,7 +285,7 @@ def run_mae(spec: Any, *, runner: Any = None, norm: Any = None, progress: bool =
             return {**record, "checkpoint": final, "reused": True}
     patches = patch_grid_of(spec, image.shape).patches()
     slices = training_slices(image, patches, norm, e.img_size_px, e.max_train_slices, spec.run.seed, progress=progress)
-    res, device = _device_for(spec.resources.embedding)
+    res, device = _device_for(spec.resources.embedding, label="resources.embedding")
     checkpoint = st.join(mae_dir, "checkpoint_latest.pt")
     world = 1
     if runner is not None and runner.name == "ray":
@@ -292,7 +315,7 @@ def run_mae(spec: Any, *, runner: Any = None, norm: Any = None, progress: bool =
     return {**record, "checkpoint": final, "reused": False}
 
 
-def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
+def run_embed(spec: JobSpec, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
     """Stage 4b: embed every candidate patch into ``<run dir>/embedding/embeddings.zarr``.
 
     The store's signature names the data, the MAE checkpoint (sha256 of its bytes), the embedding
@@ -310,19 +333,17 @@ def run_embed(spec: Any, *, runner: Any = None, progress: bool = True) -> dict[s
             runner.close()
 
 
-def _embed_with(spec: Any, runner: Any, progress: bool) -> dict[str, Any]:
+def _embed_with(spec: JobSpec, runner: Any, progress: bool) -> dict[str, Any]:
     from alseg import __version__
     from alseg.embed import EmbeddingStore, StaleEmbeddingsError, embed_patches
     from alseg.embed.store import FORMAT
     from alseg.errors import StoreError
-    from alseg.io.omezarr import open_volume
-    from alseg.nnunet import IntensityNorm
     from alseg.preflight import patch_grid_of
 
-    intensity = IntensityNorm.of_volume(spec.input.url)
+    intensity = input_norm(spec)
     mae = run_mae(spec, runner=runner, norm=intensity, progress=progress)
     e = spec.embedding
-    image = open_volume(spec.input.url, level=spec.input.level)
+    image = input_volume(spec)
     patches = patch_grid_of(spec, image.shape).patches()
     norm = intensity.to_json()
     model_sha = st.sha256(mae["checkpoint"])
@@ -347,15 +368,16 @@ def _embed_with(spec: Any, runner: Any, progress: bool) -> dict[str, Any]:
         boxes = [(*p.valid.start, *p.valid.stop) for p in patches]
         store = EmbeddingStore.create(url, boxes=boxes, dim=dim, rows_per_chunk=e.rows_per_chunk, signature=signature)
         st.remove(work)
-    res, device = _device_for(spec.resources.embedding)
+    res, device = _device_for(spec.resources.embedding, label="resources.embedding")
     workers = spec.resources.embedding.workers or runner.capacity(res)
     embed_patches(store, spec.input.url, patches, checkpoint_url=mae["checkpoint"], norm=norm, slices=e.slices_per_patch,
-                  level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res, device=device)
+                  level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res, device=device,
+                  missing_chunks=spec.input.missing_chunks)
     store.mark_complete()
     return {"url": url, "rows": len(store), "dim": store.meta["dim"], "mae": mae, "reused": False}
 
 
-def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
+def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
                progress: bool = True) -> dict[str, Any]:
     """Uncertainty of every candidate patch under a trained nnU-Net (the pretrained one unless
     ``model_folder`` and its ``norm`` are given): ``{"scores": {measure: list}, ...}``, kept in
@@ -365,11 +387,11 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
 
     from alseg import __version__
     from alseg.errors import SpecError
-    from alseg.io.omezarr import open_volume
     from alseg.preflight import patch_grid_of
     from alseg.runtime import runner_from_spec
     from alseg.select.score import score_patches
 
+    claim(spec)
     if model_folder is None:
         record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
         if not os.path.isfile(record_path):
@@ -382,7 +404,7 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
         raise SpecError("scoring with a given model folder needs its intensity normalisation")
     sel = spec.selection
     mode, samples = (sel.mode, sel.samples) if sel.method == "bald" else ("none", 1)
-    image = open_volume(spec.input.url, level=spec.input.level)
+    image = input_volume(spec)
     patches = patch_grid_of(spec, image.shape).patches()
     checkpoint = os.path.join(model_folder, "fold_all", "checkpoint_final.pth")
     signature = {"model": st.sha256(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
@@ -395,11 +417,11 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     try:
-        res, device = _device_for(spec.resources.prediction, spec.nnunet.device)
+        res, device = _device_for(spec.resources.prediction, spec.nnunet.device, label="resources.prediction")
         workers = spec.resources.prediction.workers or runner.capacity(res)
         scores = score_patches(model_folder, spec.input.url, patches, norm=norm, mode=mode, samples=samples, seed=spec.run.seed,
                                level=spec.input.level, runner=runner, work_dir=st.join(spec.run.dir, "work", "score", digest),
-                               workers=workers, resources=res, device=device)
+                               workers=workers, resources=res, device=device, missing_chunks=spec.input.missing_chunks)
     finally:
         if own:
             runner.close()
@@ -409,7 +431,7 @@ def run_scores(spec: Any, *, model_folder: str | None = None, norm: dict | None 
     return {**record, "url": url, "reused": False}
 
 
-def selection_url(spec: Any, round_index: int) -> str:
+def selection_url(spec: JobSpec, round_index: int) -> str:
     return st.join(spec.run.dir, "selection", f"round-{round_index:02d}.json")
 
 
@@ -431,7 +453,7 @@ def _write_json(url: str, obj: Any) -> None:
     fs.mv(f"{path}.tmp", path)
 
 
-def annotated_before(spec: Any, round_index: int) -> list[int]:
+def annotated_before(spec: JobSpec, round_index: int) -> list[int]:
     """Patch ids selected in rounds ``1 .. round_index - 1`` (they must all exist)."""
     from alseg.errors import SpecError
 
@@ -444,7 +466,7 @@ def annotated_before(spec: Any, round_index: int) -> list[int]:
     return out
 
 
-def run_select(spec: Any, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
+def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
                picture: bool = True) -> dict[str, Any]:
     """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
     (patch ids, their boxes, the method's details) and draw ``round-NN.png``. Reused when unchanged."""
@@ -454,6 +476,7 @@ def run_select(spec: Any, *, round_index: int = 1, scores: dict[str, Any] | None
     from alseg.errors import SpecError
     from alseg.select import needs_embeddings, select_patches, uncertainty_measure
 
+    claim(spec)
     strategy = spec.selection
     if not 1 <= round_index <= strategy.rounds:
         raise SpecError(f"selection round {round_index} outside 1..{strategy.rounds} (selection.rounds)")
@@ -470,10 +493,9 @@ def run_select(spec: Any, *, round_index: int = 1, scores: dict[str, Any] | None
     if uncertainty_measure(strategy) is not None and scores is None:
         scores = run_scores(spec, progress=progress)["scores"]
     if boxes is None:
-        from alseg.io.omezarr import open_volume
         from alseg.preflight import patch_grid_of
 
-        image = open_volume(spec.input.url, level=spec.input.level)
+        image = input_volume(spec)
         boxes = np.asarray([(*p.valid.start, *p.valid.stop) for p in patch_grid_of(spec, image.shape).patches()])
     n = len(boxes)
     seed = spec.run.seed * 1000 + round_index
@@ -492,9 +514,8 @@ def run_select(spec: Any, *, round_index: int = 1, scores: dict[str, Any] | None
     if picture and emb is not None:
         from alseg.embed.picture import draw, pca_2d, thumbnail
         from alseg.geometry import Box
-        from alseg.io.omezarr import open_volume
 
-        image = open_volume(spec.input.url, level=spec.input.level)
+        image = input_volume(spec)
         thumbs = {i: thumbnail(image, Box(tuple(boxes[i][:3]), tuple(boxes[i][3:]))) for i in ids[:6]}
         png = st.join(spec.run.dir, "selection", f"round-{round_index:02d}.png")
         draw(pca_2d(emb, seed=spec.run.seed), ids, png, thumbs=thumbs, annotated=annotated,

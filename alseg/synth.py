@@ -427,12 +427,14 @@ def write_synthetic(
     :class:`alseg.runtime.Runner`) spreads them over workers, serially by default.
     Returns a small summary (shape, voxel size, instance count, foreground fraction).
     """
-    from alseg.io.omezarr import build_pyramid, create_image, create_labels
+    from alseg.io.omezarr import create_image, create_labels
+    from alseg.pyramid import build_pyramid
     from alseg.runtime import SerialRunner, WorkItem
 
     url = os.fspath(url)
-    image = create_image(url, shape=params.shape, dtype="uint8", chunks=chunks, voxel_size_nm=params.voxel_size_nm, overwrite=overwrite, name="synthetic-em")
-    create_labels(url, labels_name, dtype="uint32", overwrite=overwrite)
+    image = create_image(url, shape=params.shape, dtype="uint8", chunks=chunks, voxel_size_nm=params.voxel_size_nm, overwrite=overwrite,
+                         name="synthetic-em", kind="synthetic")
+    labels = create_labels(url, labels_name, dtype="uint32", overwrite=overwrite)
     grid = BlockGrid(params.shape, image.chunks)
     items = [WorkItem(b.key, (url, labels_name, params, b.write)) for b in grid]
     runner = runner or SerialRunner(progress=progress)
@@ -455,7 +457,8 @@ def write_synthetic(
         "labels": labels_name,
     }
     # provenance, written last: its presence means the volume is complete
-    image.set_provenance({"generator": "alseg.synth", "params": _jsonable(params), "summary": summary})
+    labels.set_provenance({"generator": "alseg.synth", "complete": True})
+    image.set_provenance({"generator": "alseg.synth", "params": _jsonable(params), "summary": summary, "complete": True})
     return summary
 
 
@@ -479,7 +482,7 @@ def ensure_synthetic(url: str | os.PathLike[str], params: SynthParams, *, overwr
             prov = open_volume(url).provenance()
         except AlsegError:
             prov = {}
-        if prov.get("generator") == "alseg.synth" and prov.get("params") == _jsonable(params):
+        if prov.get("generator") == "alseg.synth" and prov.get("complete", True) and prov.get("params") == _jsonable(params):
             return prov["summary"], True
     return write_synthetic(url, params, overwrite=overwrite, **kwargs), False
 

@@ -120,7 +120,7 @@ def test_pseudolabel_and_evaluate_commands(tmp_path, capsys):
     assert scores["foreground_iou"] == 1.0 and scores["at"]["0.5"]["f1"] == 1.0
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"input: {{url: {tmp_path / 'missing.zarr'}, ground_truth: mito}}\nrun: {{dir: {tmp_path / 'r2'}}}\n")
-    assert main(["pseudolabel", str(bad), "-q"]) == 2
+    assert main(["pseudolabel", str(bad), "-q"]) == 1, "a missing input is a data error (exit 1), not a bad spec"
     assert "input.url" in capsys.readouterr().err
 
 
@@ -174,3 +174,53 @@ def test_pretrain_command_plans_and_trains_on_pseudolabels_then_reuses(tmp_path,
     norm = IntensityNorm(**record["norm"])
     ref = whole_volume_classes(load_predictor(record["model_folder"]), norm(open_volume(tmp_path / "v.zarr").read()))
     assert np.array_equal(ref, classes)
+
+
+def _hashes(path) -> dict[str, str]:
+    import hashlib
+    from pathlib import Path
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_failed_ingest_and_bad_evaluate_exit_cleanly_and_change_nothing(tmp_path):
+    """Data errors exit 1, bad arguments 2, never with a traceback; inputs and old outputs stay byte-identical."""
+    import tifffile
+
+    from alseg.io.omezarr import create_image, create_labels
+
+    stack = np.random.default_rng(0).integers(0, 255, (9, 24, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "full.tif", stack)
+    blob = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00" + np.random.default_rng(1).bytes(2048))
+    inputs = {**_hashes(tmp_path / "full.tif"), **_hashes(tmp_path / "cut.tif"), **_hashes(tmp_path / "garbage.tif")}
+    out = tmp_path / "out.zarr"
+    for src in ("cut.tif", "garbage.tif"):
+        res = alseg("ingest", str(tmp_path / src), str(out), "--voxel-size", "30", "8", "8", "-q")
+        assert res.returncode == 1 and src in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not out.exists()
+    good = alseg("ingest", str(tmp_path / "full.tif"), str(out), "--voxel-size", "30", "8", "8", "--chunks", "3", "8", "8", "-q")
+    assert good.returncode == 0, good.stderr
+    old = _hashes(out)
+    res = alseg("ingest", str(tmp_path / "cut.tif"), str(out), "--voxel-size", "30", "8", "8", "--overwrite", "-q")
+    assert res.returncode == 1 and "cut.tif" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert _hashes(out) == old, "--overwrite keeps the old output when the new source is broken"
+    assert {**_hashes(tmp_path / "full.tif"), **_hashes(tmp_path / "cut.tif"), **_hashes(tmp_path / "garbage.tif")} == inputs
+
+    # evaluate: ground truth, an EM image passed as labels, float labels, bad thresholds
+    gt = create_labels(out, "gt", chunks=(3, 8, 8))
+    gt.write(gt.bounds, (stack > 200).astype(np.uint32))
+    flt = create_image(tmp_path / "float.zarr", shape=stack.shape, dtype="float32", chunks=(3, 8, 8), voxel_size_nm=(30, 8, 8))
+    flt.write(flt.bounds, stack.astype(np.float32) / 100)
+    volumes = {**_hashes(out), **_hashes(tmp_path / "float.zarr")}
+    for labels, what in ((out, "image-label"), (tmp_path / "float.zarr", "float32")):
+        res = alseg("evaluate", gt.url, str(labels), "-q")
+        assert res.returncode == 1 and what in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for iou in ("1.5", "0", "-0.2"):
+        res = alseg("evaluate", gt.url, gt.url, "--iou", "0.5", iou, "-q")
+        assert res.returncode == 2 and "(0, 1]" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert alseg("evaluate", gt.url, gt.url, "--json", "-q").returncode == 0
+    assert {**_hashes(out), **_hashes(tmp_path / "float.zarr")} == volumes

@@ -214,9 +214,9 @@ def test_cli_validate_reports_every_error_with_path(tmp_path):
     good.write_text(yaml.safe_dump(MINIMAL))
     res = run_cli("validate", "--offline", str(good))
     assert res.returncode == 0, res.stderr
-    # with its input checked, the missing volume is an error naming the field
+    # with its input checked, the missing volume is a data error (exit 1) naming the field
     res = run_cli("validate", str(good))
-    assert res.returncode == 2 and "input.url" in res.stderr
+    assert res.returncode == 1 and "input.url" in res.stderr
 
 
 def test_cli_schema_is_json():

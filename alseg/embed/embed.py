@@ -50,6 +50,7 @@ class _EmbedJob:
     """Per patch: valid start, valid stop, nominal patch shape."""
     norm: dict[str, float]
     slices: int
+    missing_chunks: str = "error"
 
 
 class EmbedWorker:
@@ -67,7 +68,7 @@ class EmbedWorker:
         from alseg.io.omezarr import open_volume
         from alseg.nnunet.dataset import IntensityNorm
 
-        volume = open_volume(job.image, level=job.level)
+        volume = open_volume(job.image, level=job.level, missing_chunks=job.missing_chunks)
         norm = IntensityNorm(**job.norm)
         rows = np.empty((len(job.boxes), self.model.encoder.embed_dim), dtype=np.float32)
         for k, (start, stop, shape) in enumerate(job.boxes):
@@ -91,6 +92,7 @@ def embed_patches(
     workers: int = 1,
     resources: Any = None,
     device: str = "cpu",
+    missing_chunks: str = "error",
 ) -> None:
     """Fill ``store`` (created for ``patches``) with their embeddings, chunk by chunk."""
     from alseg.runtime import CompletionMarkers, WorkItem
@@ -98,7 +100,7 @@ def embed_patches(
     items = []
     for a, b in store.chunk_ranges():
         boxes = [(p.valid.start, p.valid.stop, p.box.shape) for p in patches[a:b]]
-        items.append(WorkItem(f"rows-{a:09d}", _EmbedJob(image_url, level, store.url, a, boxes, norm, slices)))
+        items.append(WorkItem(f"rows-{a:09d}", _EmbedJob(image_url, level, store.url, a, boxes, norm, slices, missing_chunks)))
     runner.map_workers(EmbedWorker, (checkpoint_url, device), items, workers=workers, resources=resources,
                        markers=CompletionMarkers(work_dir), desc="embeddings", weight=lambda it: len(it.payload.boxes),
                        unit="patch")

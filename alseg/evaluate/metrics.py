@@ -15,6 +15,21 @@ Definitions (counted over object ids actually present, background 0 excluded):
 * foreground ``IoU`` of the binary masks ``gt > 0`` and ``pred > 0``.
 
 Empty cases are defined, never NaN: no objects on either side scores 1.0, objects on one side only 0.0.
+
+**Inputs are checked before any block is read**: IoU thresholds must lie in (0, 1] (else a
+:class:`~alseg.errors.SpecError`), and both volumes must hold label ids, which the metadata says
+(else a :class:`~alseg.errors.DataError`):
+
+* integer voxels only: float labels would be truncated (ids 1.2 and 1.7 merged into one object);
+* a volume with NGFF ``image-label`` metadata (as alseg's ground truth, pseudo-labels and
+  predictions all carry) is a label image; one without it is an *image* by NGFF's rules, accepted
+  as labels only in a dtype of 16 bits or more (other tools store label volumes so); 8-bit
+  volumes without it are refused: that is what an EM image is (a 16-bit grey image without the
+  metadata cannot be told from labels by its metadata and is accepted);
+* signed ids must not be negative (-1 as background would become object 2**64 - 1). The dtype
+  says nothing about values, so the one block pass that builds the overlap table also reports
+  each block's smallest id and the volume is refused when the pass ends: one read of the data,
+  not a checking pass before the scoring pass.
 """
 
 from __future__ import annotations
@@ -25,6 +40,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from alseg.errors import DataError, SpecError
+from alseg.geometry import BlockGrid, Box
+from alseg.io.omezarr import Volume, open_volume
 
 
 @dataclass
@@ -58,10 +77,31 @@ class OverlapTable:
                    {int(k): int(v) for k, v in d["pred"]}, int(d["voxels"]))
 
 
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """The IoU thresholds as floats, each in (0, 1], or a :class:`SpecError` naming the bad ones."""
+    try:
+        values = tuple(float(t) for t in thresholds)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"IoU thresholds must be numbers in (0, 1], got {thresholds!r}") from err
+    bad = [t for t in values if not 0 < t <= 1]  # NaN fails this too
+    if bad:
+        raise SpecError(f"IoU thresholds must lie in (0, 1], got {', '.join(f'{t:g}' for t in bad)}")
+    return values
+
+
+def _check_ids(arr: np.ndarray, what: str) -> None:
+    if arr.dtype.kind not in "ui":
+        raise DataError(f"{what}: label ids must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise DataError(f"{what}: label ids must not be negative, found {int(arr.min())}")
+
+
 def overlap_table(gt: np.ndarray, pred: np.ndarray) -> OverlapTable:
-    """The overlap table of two label arrays of the same shape."""
+    """The overlap table of two label arrays of the same shape (non-negative integer ids)."""
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
+    _check_ids(gt, "ground truth")
+    _check_ids(pred, "prediction")
     g, p = gt.ravel().astype(np.uint64, copy=False), pred.ravel().astype(np.uint64, copy=False)
     both = (g > 0) & (p > 0)
     table = OverlapTable(voxels=int(g.size))
@@ -99,8 +139,7 @@ def match_instances(table: OverlapTable, threshold: float) -> tuple[InstanceScor
     """Scores at one IoU threshold and the matched ``(gt id, pred id, IoU)`` pairs."""
     from scipy.optimize import linear_sum_assignment
 
-    if not 0 < threshold <= 1:
-        raise ValueError(f"IoU threshold must lie in (0, 1], got {threshold}")
+    (threshold,) = check_thresholds((threshold,))
     cand = []
     for (g, p), inter in table.pairs.items():
         iou = inter / (table.gt_sizes[g] + table.pred_sizes[p] - inter)
@@ -138,6 +177,7 @@ def foreground_iou(table: OverlapTable) -> float:
 
 def score_table(table: OverlapTable, thresholds: Sequence[float] = (0.5, 0.75)) -> dict[str, Any]:
     """Every metric of a table: ``{"foreground_iou", "objects_gt", "objects_pred", "at": {t: scores}}``."""
+    thresholds = check_thresholds(thresholds)
     return {
         "foreground_iou": foreground_iou(table),
         "objects_gt": len(table.gt_sizes),
@@ -146,11 +186,25 @@ def score_table(table: OverlapTable, thresholds: Sequence[float] = (0.5, 0.75)) 
     }
 
 
-def _table_block(job: tuple[str, str, Any]) -> dict[str, Any]:
-    from alseg.io.omezarr import open_volume
+def check_label_volume(vol: Volume, what: str) -> None:
+    """Refuse, from its metadata alone, a volume that cannot hold label ids (see the module docs)."""
+    where = f"{what} {vol.url}"
+    if vol.dtype.kind not in "ui":
+        raise DataError(f"{where}: label ids must be integers, got dtype {vol.dtype} (float ids would be truncated, "
+                        "merging objects); write the labels as unsigned integers")
+    if not vol.is_label_image and vol.dtype.itemsize == 1:
+        raise DataError(f"{where}: an 8-bit image without NGFF 'image-label' metadata looks like a grey-value (EM) "
+                        "image, not labels; pass a label image (e.g. <image>/labels/<name>), or write these labels "
+                        "as one (alseg's create_labels) or as 16-bit or wider integers")
 
+
+def _table_block(job: tuple[str, str, Any]) -> dict[str, Any]:
     gt_url, pred_url, box = job
-    return overlap_table(open_volume(gt_url).read(box), open_volume(pred_url).read(box)).to_json()
+    gt, pred = open_volume(gt_url).read(box), open_volume(pred_url).read(box)
+    negative = {role: int(a.min()) for role, a in (("gt", gt), ("pred", pred)) if a.dtype.kind == "i" and a.size and a.min() < 0}
+    if negative:  # reported, not raised: a data error is not worth the runner's retries
+        return {"negative": negative}
+    return overlap_table(gt, pred).to_json()
 
 
 def evaluate_volumes(
@@ -165,25 +219,34 @@ def evaluate_volumes(
     """Score the label volume ``pred_url`` against ``gt_url`` (same grid), block by block.
 
     ``region`` (a :class:`alseg.geometry.Box`) restricts scoring to a sub-volume, e.g. the held-out
-    evaluation region. Objects cut by the region are scored by their part inside it.
+    evaluation region. Objects cut by the region are scored by their part inside it. Thresholds and
+    label dtypes are checked before any block is read; negative ids during the one block pass.
     """
-    from alseg.errors import DataError
-    from alseg.geometry import BlockGrid, Box
-    from alseg.io.omezarr import open_volume
     from alseg.runtime import SerialRunner, WorkItem
 
+    thresholds = check_thresholds(thresholds)
     gt, pred = open_volume(gt_url), open_volume(pred_url)
+    check_label_volume(gt, "ground truth")
+    check_label_volume(pred, "labels")
     if gt.shape != pred.shape:
         raise DataError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
     region = region or gt.bounds
     block = tuple(block_shape) if block_shape is not None else tuple(min(4 * c, s) for c, s in zip(gt.chunks, region.shape))
     grid = BlockGrid(region.shape, block)
-    items = []
+    items, boxes = [], {}
     for b in grid:
         box = Box(tuple(s + o for s, o in zip(b.write.start, region.start)), tuple(s + o for s, o in zip(b.write.stop, region.start)))
+        boxes[b.key] = box
         items.append(WorkItem(b.key, (os.fspath(gt_url), os.fspath(pred_url), box)))
     runner = runner or SerialRunner(progress=False)
     results = runner.map(_table_block, items, desc="score blocks")
+    negative = sorted((k, r["negative"]) for k, r in results.items() if "negative" in r)
+    if negative:
+        key, found = negative[0]
+        names = {"gt": f"ground truth {gt.url}", "pred": f"labels {pred.url}"}
+        which = "; ".join(f"{names[role]} holds {low}" for role, low in found.items())
+        raise DataError(f"label ids must not be negative: {which} (in block {boxes[key]}"
+                        + (f" and {len(negative) - 1} more block(s)" if len(negative) > 1 else "") + ")")
     table = OverlapTable()
     for r in results.values():
         table += OverlapTable.from_json(r)

@@ -2,7 +2,6 @@
 
 from alseg.io.omezarr import (
     Volume,
-    build_pyramid,
     create_image,
     create_labels,
     list_labels,
@@ -10,4 +9,4 @@ from alseg.io.omezarr import (
     open_volume,
 )
 
-__all__ = ["Volume", "build_pyramid", "create_image", "create_labels", "list_labels", "open_labels", "open_volume"]
+__all__ = ["Volume", "create_image", "create_labels", "list_labels", "open_labels", "open_volume"]

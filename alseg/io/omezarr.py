@@ -1,12 +1,12 @@
-"""OME-Zarr (NGFF) volumes: open lazily from any URL, create images and label images, pyramids.
+"""OME-Zarr (NGFF) volumes: open lazily from any URL, create images and label images.
 
 Reading parses the NGFF metadata (0.5 ``ome`` attributes, or 0.4 top-level attributes) and opens
 one multiscale level as a lazy :class:`Volume`: nothing is read until a box is asked for.
 
 Writing creates every array of the pyramid up front with zarr (chunked, zstd) and writes the NGFF
 0.5 metadata through ome-zarr's own writer functions, then callers fill level 0 block by block
-and :func:`build_pyramid` computes the lower levels block by block from the level above, so no
-step holds a whole level in memory. Downsampling halves y and x per level, and z only once the
+and :func:`alseg.pyramid.build_pyramid` (above the storage layer: it runs on the blockwise engine)
+computes the lower levels block by block from the level above, so no step holds a whole level in memory. Downsampling halves y and x per level, and z only once the
 in-plane voxel size has caught up with it (anisotropic EM stays sensible in viewers).
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from alseg.errors import DataError, NotOmeZarrError, OutputExistsError, StoreError
-from alseg.geometry import Box, BlockGrid
+from alseg.geometry import Box
 from alseg.io import store as st
 
 SPATIAL_AXES = ("z", "y", "x")
@@ -36,6 +36,8 @@ _UNIT_TO_NM = {
     "picometer": 1e-3,
     "meter": 1e9,
 }
+MissingChunks = Literal["error", "empty"]
+OWNER_KEY = "alseg"  # group attribute holding alseg's record of an output it wrote
 LABEL_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("uint32"), np.dtype("uint64"))
 
 
@@ -45,7 +47,8 @@ class Volume:
 
     ``voxel_size_nm`` is the physical size of this level's voxels along ``zyx`` in nanometres.
     Non-spatial axes (``c``, ``t``) are allowed only with length 1 and are hidden: a volume is
-    always addressed as ``zyx``.
+    always addressed as ``zyx``. ``missing_chunks`` says what an absent chunk means on reads:
+    ``"error"`` (images: the volume is incomplete) or ``"empty"`` (label images: background).
     """
 
     url: str
@@ -55,6 +58,11 @@ class Volume:
     level: int
     level_paths: tuple[str, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
+    missing_chunks: MissingChunks = "empty"
+
+    @property
+    def is_label_image(self) -> bool:
+        return "image-label" in _ngff_attrs(self.attrs)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -82,10 +90,24 @@ class Volume:
 
     def read(self, box: Box | None = None) -> np.ndarray:
         """The voxels of ``box`` (default: all; only sensible for small volumes) as a numpy array."""
+        from alseg.io.chunks import MissingChunkError, failing_chunk
+
         box = self.bounds if box is None else box
         if box.ndim != 3 or not self.bounds.contains(box):
             raise DataError(f"cannot read {box} from {st.redact(self.url)}: volume bounds are {self.bounds}")
-        return np.asarray(self.array[self._selection(box)])
+        selection = self._selection(box)
+        try:
+            return np.asarray(self.array[selection])
+        except MissingChunkError as err:
+            raise DataError(
+                f"{st.redact(self.url)}: chunk {err.key!r} is missing (reading {box}): the volume is incomplete. "
+                "If absent chunks mean empty in this volume (written without its empty chunks), set "
+                "input.missing_chunks: empty") from err
+        except Exception as err:  # noqa: BLE001 - codecs and stores raise anything; name the chunk
+            found = failing_chunk(self.array, selection)
+            where = f"chunk {found[0]!r}" if found else f"region {box}"
+            cause = found[1] if found else err
+            raise DataError(f"{st.redact(self.url)}: cannot read {where}: {st._short(cause)}") from err
 
     def write(self, box: Box, data: np.ndarray) -> None:
         """Write ``data`` into ``box`` (align boxes with chunks when several workers write)."""
@@ -97,15 +119,21 @@ class Volume:
 
     def provenance(self) -> dict[str, Any]:
         """What alseg recorded about how this image was made (``{}`` if nothing)."""
-        return dict(self.attrs.get("alseg", {}))
+        return dict(self.attrs.get(OWNER_KEY, {}))
 
     def set_provenance(self, record: dict[str, Any]) -> None:
-        """Record how the image was made in its group attributes (beside, not inside, ``ome``)."""
+        """Record how the image was made in its group attributes (beside, not inside, ``ome``).
+
+        The output ``kind`` that its creation recorded is kept; write ``"complete": True`` last,
+        once the output is whole (:func:`prepare_output` replaces an incomplete one of its kind).
+        """
         import zarr
 
+        kind = self.provenance().get("kind")
+        record = {"kind": kind, **record} if kind is not None else dict(record)
         group = zarr.open_group(st.zarr_store(self.url, read_only=False), mode="r+")
-        group.attrs["alseg"] = record
-        self.attrs["alseg"] = record
+        group.attrs[OWNER_KEY] = record
+        self.attrs[OWNER_KEY] = record
 
     def to_dask(self):
         import dask.array as da
@@ -131,19 +159,37 @@ class Volume:
 def _open_group(url: str, *, mode: Literal["r", "r+"]):
     import zarr
 
+    from alseg.io.chunks import StrictChunkStore
+
     try:
         store = st.zarr_store(url, read_only=(mode == "r"))
+        if mode == "r":
+            store = StrictChunkStore(store)  # strict only once open_volume knows it reads an image
         return zarr.open_group(store, mode=mode)
     except FileNotFoundError as err:
         raise StoreError(f"{st.redact(url)} does not exist (expected an OME-Zarr image folder)") from err
     except StoreError:
         raise
     except (OSError, ValueError, TypeError, KeyError) as err:
+        if _is_timeout(err):
+            raise StoreError(f"cannot open {st.redact(url)}: the store did not answer ({st._short(err)})") from err
         if not st.exists(url):
             raise StoreError(f"{st.redact(url)} does not exist (expected an OME-Zarr image folder)") from err
         raise NotOmeZarrError(f"{st.redact(url)} is not a readable zarr group: {err}") from err
     except Exception as err:  # noqa: BLE001 - object-storage clients raise their own hierarchies
         raise StoreError(f"cannot open {st.redact(url)}: {type(err).__name__}: {err}") from err
+
+
+def _is_timeout(err: BaseException) -> bool:
+    """A time-out or refused connection (asking again whether the store exists would wait as long again)."""
+    import asyncio
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (TimeoutError, asyncio.TimeoutError, ConnectionError)) or "Timeout" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _ngff_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -159,8 +205,15 @@ def _scale_of(transforms: Sequence[dict[str, Any]] | None, ndim: int) -> list[fl
     return scale
 
 
-def open_volume(url: str | os.PathLike[str], *, level: int = 0, mode: Literal["r", "r+"] = "r") -> Volume:
+def open_volume(url: str | os.PathLike[str], *, level: int = 0, mode: Literal["r", "r+"] = "r",
+                missing_chunks: MissingChunks | None = None) -> Volume:
     """Open level ``level`` of the OME-Zarr image at ``url`` lazily.
+
+    ``missing_chunks`` (reads): ``"error"`` makes an absent chunk an error naming it, ``"empty"``
+    reads it as the fill value; by default images are read strictly and label images (NGFF
+    ``image-label``, whose writers leave out empty chunks) as empty. Volumes opened ``r+``
+    (alseg's outputs) write every chunk of an image, empty ones included, so that they read back
+    strictly.
 
     Raises :class:`StoreError` if nothing is there or it cannot be reached, :class:`NotOmeZarrError`
     if it holds no NGFF multiscales, :class:`DataError` for axes alseg cannot work on.
@@ -206,6 +259,14 @@ def open_volume(url: str | os.PathLike[str], *, level: int = 0, mode: Literal["r
             unit = units.get(a)
             factor = _UNIT_TO_NM.get(unit, 1.0) if unit else 1.0
             voxel.append(s * t * factor)
+    is_label = "image-label" in ngff
+    missing = missing_chunks or ("empty" if is_label else "error")
+    if missing not in ("error", "empty"):
+        raise DataError(f"missing_chunks must be 'error' or 'empty', got {missing!r}")
+    if mode == "r":
+        group.store.strict = missing == "error"
+    elif not is_label:
+        array = array.with_config({"write_empty_chunks": True})
     return Volume(
         url=url,
         array=array,
@@ -214,6 +275,7 @@ def open_volume(url: str | os.PathLike[str], *, level: int = 0, mode: Literal["r
         level=level,
         level_paths=tuple(d["path"] for d in datasets),
         attrs=attrs,
+        missing_chunks=missing,
     )
 
 
@@ -268,14 +330,70 @@ def _axes_meta(unit: str = "nanometer") -> list[dict[str, str]]:
     return [{"name": a, "type": "space", "unit": unit} for a in SPATIAL_AXES]
 
 
-def _prepare_output(url: str, overwrite: bool) -> None:
-    if st.has_content(url):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{st.redact(url)} already holds data; choose another output or pass overwrite=True "
-                "(--overwrite on the command line) to replace it"
-            )
-        st.remove(url)
+def output_record(url: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """alseg's record on the zarr group at ``url`` (its ``kind`` and whether it is ``complete``), or
+    None when ``url`` is not a zarr group or carries no such record: data alseg did not write."""
+    import zarr
+
+    try:
+        group = zarr.open_group(st.zarr_store(os.fspath(url), read_only=True), mode="r")
+        record = dict(group.attrs).get(OWNER_KEY)
+    except Exception:  # noqa: BLE001 - anything that is not a readable zarr group is not alseg's
+        return None
+    if not isinstance(record, dict):
+        return None
+    record = dict(record)
+    if "kind" not in record and record.get("generator") == "alseg.synth":  # written before kinds were recorded
+        record.update(kind="synthetic", complete=True)
+    return record
+
+
+def check_output(url: str | os.PathLike[str], *, overwrite: bool, kind: str) -> bool:
+    """Whether ``url`` holds an output that a new output of ``kind`` may replace (True) or nothing
+    (False); refuses (:class:`OutputExistsError`) anything else. Reads only metadata.
+
+    alseg replaces only what it can prove it wrote itself: a zarr group whose record names the
+    same ``kind`` (and, for an image, whose label images are all alseg's too). Such an output that
+    is incomplete (a failed or interrupted write) may be replaced; a complete one only with
+    ``overwrite``. Anything else, whatever ``overwrite`` says, is refused.
+    """
+    url = os.fspath(url)
+    if not st.has_content(url):
+        return False
+    record = output_record(url)
+    where = st.redact(url)
+    if record is None:
+        raise OutputExistsError(f"{where} holds data that alseg did not write (it carries no alseg record): alseg never "
+                                "replaces or removes it, whatever overwrite says; move it away or choose another output")
+    if record.get("kind") != kind:
+        raise OutputExistsError(f"{where} holds alseg's {record.get('kind') or 'unknown'} output, not a {kind}: it is "
+                                "not replaced; choose another output")
+    foreign = [n for n in _label_names(url) if output_record(st.join(url, "labels", n)) is None]
+    if foreign:
+        raise OutputExistsError(f"{where} holds label images that alseg did not write ({', '.join(foreign)}): the image "
+                                "is not replaced; move them away or choose another output")
+    if record.get("complete") and not overwrite:
+        raise OutputExistsError(f"{where} already holds data; choose another output or pass overwrite=True "
+                                "(--overwrite on the command line) to replace it")
+    return True
+
+
+def prepare_output(url: str | os.PathLike[str], *, overwrite: bool, kind: str) -> None:
+    """Make room for a new output of ``kind`` at ``url`` (the rules of :func:`check_output`), or refuse."""
+    if check_output(url, overwrite=overwrite, kind=kind):
+        st.remove(os.fspath(url))
+
+
+def _label_names(url: str) -> list[str]:
+    try:
+        return list_labels(url)
+    except (StoreError, DataError):
+        return []
+
+
+def _own(group, kind: str) -> None:
+    """Mark a newly created group as alseg's (incomplete) output of ``kind``."""
+    group.attrs[OWNER_KEY] = {"kind": kind, "complete": False}
 
 
 def _check_create_args(shape: Sequence[int], chunks: Sequence[int], voxel_size_nm: Sequence[float]) -> tuple:
@@ -350,8 +468,12 @@ def create_image(
     levels: int | None = None,
     name: str = "image",
     overwrite: bool = False,
+    kind: str = "image",
 ) -> Volume:
-    """Create an empty OME-Zarr image (all pyramid levels) and return level 0 open for writing."""
+    """Create an empty OME-Zarr image (all pyramid levels) and return level 0 open for writing.
+
+    The group is marked as alseg's incomplete output of ``kind`` (see :func:`prepare_output`).
+    """
     import zarr
 
     url = os.fspath(url)
@@ -359,8 +481,9 @@ def create_image(
     dtype = np.dtype(dtype)
     if dtype.kind not in "uif":
         raise DataError(f"expected an integer or float image dtype, got {dtype}")
-    _prepare_output(url, overwrite)
+    prepare_output(url, overwrite=overwrite, kind=kind)
     group = zarr.open_group(st.zarr_store(url, read_only=False), mode="w", zarr_format=3)
+    _own(group, kind)
     factors = pyramid_factors(shape_t, vox, levels=levels)
     _create_multiscale(group, shape=shape_t, dtype=dtype, chunks=chunks_t, voxel_size_nm=vox, factors=factors, name=name)
     return open_volume(url, mode="r+")
@@ -374,6 +497,7 @@ def create_labels(
     chunks: Sequence[int] | None = None,
     overwrite: bool = False,
     properties: list[dict[str, Any]] | None = None,
+    kind: str = "labels",
 ) -> Volume:
     """Create an empty NGFF label image ``labels/<name>`` matching the image's grid and pyramid."""
     import zarr
@@ -391,10 +515,11 @@ def create_labels(
     level_shapes = [open_volume(image_url, level=i).shape for i in range(len(image.level_paths))]
     factors = [tuple(max(1, round(p / c)) for p, c in zip(prev, cur)) for prev, cur in zip(level_shapes, level_shapes[1:])]
     label_url = st.join(image_url, "labels", name)
-    _prepare_output(label_url, overwrite)
+    prepare_output(label_url, overwrite=overwrite, kind=kind)
     root = zarr.open_group(st.zarr_store(image_url, read_only=False), mode="r+")
     labels_group = root.require_group("labels")
     group = zarr.open_group(st.zarr_store(label_url, read_only=False), mode="w", zarr_format=3)
+    _own(group, kind)
     _create_multiscale(
         group,
         shape=image.shape,
@@ -421,6 +546,7 @@ def create_label_image(
     dtype: np.dtype | str = "uint32",
     name: str = "labels",
     overwrite: bool = False,
+    kind: str = "labels",
 ) -> Volume:
     """A standalone NGFF label image (a multiscale group with ``image-label`` metadata) on the grid
     of the image ``like``, for labels that live apart from their image (a run directory's
@@ -430,149 +556,10 @@ def create_label_image(
     dtype = np.dtype(dtype)
     if dtype not in LABEL_DTYPES:
         raise DataError(f"label images need an unsigned integer dtype (uint32 or uint64 advised), got {dtype}")
-    vol = create_image(url, shape=like.shape, dtype=dtype, chunks=tuple(chunks) if chunks is not None else like.chunks,
-                       voxel_size_nm=like.voxel_size_nm, levels=len(like.level_paths), name=name, overwrite=overwrite)
+    create_image(url, shape=like.shape, dtype=dtype, chunks=tuple(chunks) if chunks is not None else like.chunks,
+                       voxel_size_nm=like.voxel_size_nm, levels=len(like.level_paths), name=name, overwrite=overwrite,
+                       kind=kind)
     group = zarr.open_group(st.zarr_store(os.fspath(url), read_only=False), mode="r+")
     ngff = _ngff_attrs(dict(group.attrs))
     group.attrs["ome"] = {**ngff, "image-label": {}}
     return open_volume(url, mode="r+")
-
-
-# --------------------------------------------------------------------------------------------- #
-# pyramids
-# --------------------------------------------------------------------------------------------- #
-Downsampling = Literal["mean", "nearest", "mode"]
-
-
-def downsample(data: np.ndarray, factors: Sequence[int], *, kind: Downsampling) -> np.ndarray:
-    """Downsample by integer ``factors``.
-
-    * ``mean``: block mean (images); integers are rounded back to their dtype;
-    * ``nearest``: the first voxel of each block (labels; fast, but thin objects can vanish);
-    * ``mode``: the most frequent value of each block, the smallest on ties (labels: objects are
-      kept in proportion to their share of each block, and no value is ever invented).
-
-    Edge blocks that are only partly covered use only the voxels that are there.
-    """
-    f = tuple(int(k) for k in factors)
-    if kind == "nearest":
-        return np.ascontiguousarray(data[tuple(slice(None, None, k) for k in f)])
-    if kind == "mode":
-        return _mode_pool(data, f)
-    if kind != "mean":
-        raise DataError(f"unknown downsampling {kind!r}: expected mean, nearest or mode")
-    out_shape = tuple(-(-s // k) for s, k in zip(data.shape, f))
-    padded_shape = tuple(o * k for o, k in zip(out_shape, f))
-    acc = np.zeros(padded_shape, dtype=np.float64)
-    cnt = np.zeros(padded_shape, dtype=np.float64)
-    acc[tuple(slice(0, s) for s in data.shape)] = data
-    cnt[tuple(slice(0, s) for s in data.shape)] = 1.0
-    shape6 = tuple(x for o, k in zip(out_shape, f) for x in (o, k))
-    total = acc.reshape(shape6).sum(axis=(1, 3, 5))
-    count = cnt.reshape(shape6).sum(axis=(1, 3, 5))
-    mean = total / count
-    if np.dtype(data.dtype).kind in "ui":
-        info = np.iinfo(data.dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(data.dtype)
-    return mean.astype(data.dtype)
-
-
-def _windows(data: np.ndarray, f: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, present)`` of shape ``out_shape + (prod(f),)``: each output voxel's source block."""
-    out_shape = tuple(-(-s // k) for s, k in zip(data.shape, f))
-    padded = np.zeros(tuple(o * k for o, k in zip(out_shape, f)), dtype=data.dtype)
-    present = np.zeros(padded.shape, dtype=bool)
-    inner = tuple(slice(0, s) for s in data.shape)
-    padded[inner] = data
-    present[inner] = True
-    shape6 = tuple(x for o, k in zip(out_shape, f) for x in (o, k))
-    order = (0, 2, 4, 1, 3, 5)
-    flat = (*out_shape, int(np.prod(f)))
-    return (padded.reshape(shape6).transpose(order).reshape(flat),
-            present.reshape(shape6).transpose(order).reshape(flat))
-
-
-def _mode_pool(data: np.ndarray, f: tuple[int, ...]) -> np.ndarray:
-    values, present = _windows(data, f)
-    n = values.shape[-1]
-    if n == 1:
-        return np.ascontiguousarray(values[..., 0])
-    counts = np.zeros(values.shape, dtype=np.int16)
-    for i in range(n):
-        counts += (values == values[..., i:i + 1]) & present[..., i:i + 1]
-    counts[~present] = -1
-    best = counts == counts.max(axis=-1, keepdims=True)
-    top = np.iinfo(data.dtype).max if data.dtype.kind in "ui" else np.inf
-    return np.where(best, values, top).min(axis=-1).astype(data.dtype)
-
-
-@dataclass(frozen=True)
-class _PyramidJob:
-    url: str
-    level: int
-    factors: tuple[int, int, int]
-    block: Any  # geometry.Block of the destination level
-    kind: str
-
-
-def _pyramid_block(job: _PyramidJob) -> dict[str, int]:
-    src = open_volume(job.url, level=job.level - 1)
-    dst = open_volume(job.url, level=job.level, mode="r+")
-    out = job.block.write
-    src_box = Box(
-        tuple(a * f for a, f in zip(out.start, job.factors)),
-        tuple(min(b * f, s) for b, f, s in zip(out.stop, job.factors, src.shape)),
-    )
-    dst.write(out, downsample(src.read(src_box), job.factors, kind=job.kind))  # type: ignore[arg-type]
-    return {"voxels": int(out.size)}
-
-
-def pyramid_block_shape(shape: Sequence[int], chunks: Sequence[int], *, target_voxels: int = 2**24) -> tuple[int, ...]:
-    """Whole multiples of ``chunks``, grown (x, then y, then z) up to about ``target_voxels`` per block."""
-    block = [min(int(c), int(s)) for c, s in zip(chunks, shape)]
-    grown = True
-    while grown and int(np.prod(block)) * 2 <= target_voxels:
-        grown = False
-        for axis in (2, 1, 0):
-            if block[axis] < shape[axis] and int(np.prod(block)) * 2 <= target_voxels:
-                block[axis] = min(block[axis] * 2, int(shape[axis]))
-                grown = True
-    return tuple(block)
-
-
-def build_pyramid(
-    url: str | os.PathLike[str],
-    *,
-    kind: Downsampling,
-    runner: Any = None,
-    work_dir: str | os.PathLike[str] | None = None,
-    block_shape: Sequence[int] | None = None,
-    progress: bool = False,
-) -> None:
-    """Fill levels 1..N of the image or label image at ``url`` from level 0, level after level.
-
-    Each level runs through the blockwise engine (:func:`alseg.blockwise.run_blocks`): blocks of
-    whole output chunks (``block_shape``, default: chunks grown to about 16 M voxels), on any
-    runner, resumable with ``work_dir`` (records under ``work_dir/pyramid-s<level>``). Memory
-    holds one block and its source region, whatever the volume's size.
-    """
-    from alseg.blockwise import check_aligned, run_blocks
-    from alseg.runtime import SerialRunner
-
-    if kind not in ("mean", "nearest", "mode"):
-        raise DataError(f"unknown downsampling {kind!r}: expected mean, nearest or mode")
-    url = os.fspath(url)
-    runner = runner or SerialRunner(progress=progress)
-    top = open_volume(url)
-    for level in range(1, len(top.level_paths)):
-        src = open_volume(url, level=level - 1)
-        dst = open_volume(url, level=level)
-        factors = tuple(max(1, round(a / b)) for a, b in zip(src.shape, dst.shape))
-        shape = tuple(block_shape) if block_shape is not None else pyramid_block_shape(dst.shape, dst.chunks)
-        grid = BlockGrid(dst.shape, shape)
-        check_aligned(grid.block_shape, dst.chunks, dst.shape, what=f"level {level}")
-        run_blocks(
-            _pyramid_block, grid,
-            payload=lambda b, level=level, factors=factors: _PyramidJob(url, level, factors, b, kind),  # type: ignore[misc]
-            runner=runner, work_dir=work_dir, name=f"pyramid-s{level}", desc=f"pyramid level {level}",
-        )

@@ -1,11 +1,20 @@
 """Stores at any fsspec URL: local paths, ``s3://``, ``gs://``, read-only ``http(s)://``.
 
-Credentials and endpoints never come from a job spec. They come from where the storage libraries
-already look: the ``AWS_*`` variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...) and
-profiles for S3, ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS, and fsspec's own configuration
-(``FSSPEC_S3_*`` variables or the JSON files under ``FSSPEC_CONFIG_DIR``). alseg adds only
-connection time-outs, so an unreachable endpoint fails in seconds instead of minutes; the user's
-configuration overrides them. :func:`redact` is applied to every URL that is logged or raised.
+Credentials and endpoints never come from a job spec or a URL. They come from where the storage
+libraries already look: the ``AWS_*`` variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...)
+and profiles for S3, ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS, and fsspec's own configuration
+(``FSSPEC_S3_*`` variables or the JSON files under ``FSSPEC_CONFIG_DIR``). A URL that carries
+credentials is refused here, for every store alseg opens. :func:`redact` (from
+:mod:`alseg.io.urls`) is applied to every URL that is logged or raised.
+
+**Time-outs.** Object-storage clients stack their own retries (botocore's attempts inside s3fs's
+retries inside each zarr request), which left a silent endpoint hanging for many minutes. alseg
+sets a bound that adds up: for S3, 5 s to connect and 5 s without a byte on a read, 2 attempts in
+botocore's ``standard`` retry mode and 2 passes of s3fs's own retry loop, so an endpoint that
+accepts connections and never answers fails in about 20 s; for HTTP(S), aiohttp's socket
+connect and read time-outs of 5 s each (its default overall limit is 5 minutes). fsspec's
+configuration for the protocol wins over every one of these (``config_kwargs`` for botocore,
+``retries`` for s3fs's loop, ``client_kwargs`` for aiohttp).
 """
 
 from __future__ import annotations
@@ -14,14 +23,23 @@ import copy
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from urllib.parse import urlsplit
 
 from alseg.errors import StoreError
+from alseg.io.urls import find_credentials, redact, scrub
+
+__all__ = ["READ_ONLY_PROTOCOLS", "check_no_credentials", "exists", "filesystem", "has_content", "is_local", "join",
+           "local_path", "protocol_of", "redact", "remove", "scrub", "sha256", "storage_options", "zarr_store"]
 
 READ_ONLY_PROTOCOLS = frozenset({"http", "https"})
-# Fail fast on endpoints that do not answer; fsspec's own configuration for the protocol wins.
-_TIMEOUT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "s3": {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}},
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 5
+# botocore's attempts per request, and the passes of s3fs's own retry loop around them
+_S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
+                      "retries": {"mode": "standard", "total_max_attempts": 2}},
+    "retries": 2,
 }
 
 
@@ -45,16 +63,14 @@ def local_path(url: str | os.PathLike[str]) -> Path:
     return Path(text).expanduser()
 
 
-def redact(url: str | os.PathLike[str]) -> str:
-    """The URL without user info, query string or fragment (which may carry tokens)."""
-    text = os.fspath(url)
-    parts = urlsplit(text)
-    if not parts.scheme or is_local(text):
-        return text
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+def check_no_credentials(url: str | os.PathLike[str], what: str = "URL") -> None:
+    """Refuse a URL that carries credentials, without repeating them."""
+    found = find_credentials(os.fspath(url))
+    if found:
+        raise StoreError(
+            f"{what} {redact(url)} carries {found}: credentials are never taken from URLs; remove them and "
+            "provide them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) or fsspec's configuration"
+        )
 
 
 def storage_options(url: str | os.PathLike[str]) -> dict[str, Any]:
@@ -62,9 +78,33 @@ def storage_options(url: str | os.PathLike[str]) -> dict[str, Any]:
     protocol = protocol_of(url)
     import fsspec.config
 
-    base = copy.deepcopy(_TIMEOUT_DEFAULTS.get(protocol, {}))
+    if protocol == "s3":
+        base = copy.deepcopy(_S3_DEFAULTS)
+    elif protocol in READ_ONLY_PROTOCOLS:
+        import aiohttp
+
+        base = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
+                                                                     sock_read=READ_TIMEOUT_S)}}
+    else:
+        base = {}
     user = fsspec.config.conf.get(protocol, {})
     return _merge(base, user)
+
+
+def _with_retries(opts: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """s3fs takes its retry count as an attribute, not a constructor argument: split it off."""
+    opts = dict(opts)
+    return opts, opts.pop("retries", None)
+
+
+def _open_fs(text: str, **extra: Any):
+    import fsspec
+
+    opts, retries = _with_retries(storage_options(text))
+    fs, path = fsspec.core.url_to_fs(text, **opts, **extra)
+    if retries is not None and hasattr(type(fs), "retries"):
+        fs.retries = int(retries)
+    return fs, path
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +121,11 @@ def filesystem(url: str | os.PathLike[str]):
     text = os.fspath(url)
     if is_local(text):
         return fsspec.filesystem("file"), str(local_path(text).absolute())
+    check_no_credentials(text)
     try:
-        return fsspec.core.url_to_fs(text, **storage_options(text))
+        return _open_fs(text)
     except (ImportError, ValueError) as err:
-        raise StoreError(f"cannot open {redact(text)}: {err}") from err
+        raise StoreError(f"cannot open {redact(text)}: {_short(err)}") from err
 
 
 def zarr_store(url: str | os.PathLike[str], *, read_only: bool):
@@ -94,12 +135,18 @@ def zarr_store(url: str | os.PathLike[str], *, read_only: bool):
     text = os.fspath(url)
     if is_local(text):
         return LocalStore(local_path(text), read_only=read_only)
+    check_no_credentials(text)
     if protocol_of(text) in READ_ONLY_PROTOCOLS and not read_only:
         raise StoreError(f"{redact(text)}: http(s) stores are read-only; write to a local path or object storage")
     try:
-        return FsspecStore.from_url(text, storage_options=storage_options(text), read_only=read_only)
+        fs, path = _open_fs(text, asynchronous=True)
+        if not fs.async_impl:
+            from zarr.storage._fsspec import _make_async
+
+            fs = _make_async(fs)
+        return FsspecStore(fs=fs, path=path, read_only=read_only)
     except (ImportError, ValueError, TypeError) as err:
-        raise StoreError(f"cannot open {redact(text)} as a zarr store: {err}") from err
+        raise StoreError(f"cannot open {redact(text)} as a zarr store: {_short(err)}") from err
 
 
 def exists(url: str | os.PathLike[str]) -> bool:
@@ -154,5 +201,6 @@ def join(url: str | os.PathLike[str], *parts: str) -> str:
 
 
 def _short(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}"
+    """One line about a third-party error, with every URL in it redacted."""
+    text = scrub(f"{type(err).__name__}: {err}").replace("\n", " ")
     return text if len(text) < 300 else text[:297] + "..."

@@ -42,7 +42,8 @@ class IntensityNorm:
         return ((np.asarray(data, dtype=np.float32) - self.low) / (self.high - self.low)).astype(np.float32)
 
     @classmethod
-    def of_volume(cls, url: str, *, low_pct: float = 0.5, high_pct: float = 99.5, max_voxels: int = 2**24) -> "IntensityNorm":
+    def of_volume(cls, url: str, *, low_pct: float = 0.5, high_pct: float = 99.5, max_voxels: int = 2**24,
+                  missing_chunks: str = "error") -> "IntensityNorm":
         """From the finest pyramid level with at most ``max_voxels`` voxels (bounded memory)."""
         from alseg.io.omezarr import open_volume
 
@@ -52,7 +53,7 @@ class IntensityNorm:
             if int(np.prod(open_volume(url, level=i).shape)) <= max_voxels:
                 level = i
                 break
-        vol = open_volume(url, level=level)
+        vol = open_volume(url, level=level, missing_chunks=missing_chunks)
         data = vol.read() if int(np.prod(vol.shape)) <= max_voxels else vol.read(Box((0, 0, 0), tuple(min(s, 256) for s in vol.shape)))
         lo, hi = np.percentile(data, [low_pct, high_pct])
         if hi <= lo:
@@ -85,6 +86,7 @@ def export_dataset(
     boundary: bool = False,
     annotated_url: str | None = None,
     level: int = 0,
+    missing_chunks: str = "error",
 ) -> dict[str, Any]:
     """Write the raw dataset ``Dataset<id>_<name>``; returns its dataset.json plus its folder.
 
@@ -97,7 +99,7 @@ def export_dataset(
 
     if not boxes:
         raise DataError("no patches to export: an nnU-Net dataset needs at least one case")
-    image = open_volume(image_url, level=level)
+    image = open_volume(image_url, level=level, missing_chunks=missing_chunks)
     labels = open_volume(labels_url, level=level)
     if labels.shape != image.shape:
         raise DataError(f"labels of shape {labels.shape} do not match the image {image.shape}")

@@ -60,6 +60,7 @@ class _PredictJob:
     classes: str  # uint8 class map
     probability: str | None  # float32 foreground probability (optional)
     block: Block
+    missing_chunks: str = "error"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class _TileJob:
     steps: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     patch: tuple[int, int, int]
     pieces: str  # folder of overhang pieces
+    missing_chunks: str = "error"
 
 
 def _piece_path(folder: str, index: Sequence[int], d: Sequence[int]) -> str:
@@ -123,7 +125,7 @@ class BlockPredictor:
         from alseg.io.omezarr import open_volume
 
         b = job.block
-        logits = self.logits(open_volume(job.image, level=job.level).read(b.read))
+        logits = self.logits(open_volume(job.image, level=job.level, missing_chunks=job.missing_chunks).read(b.read))
         return _write(job, logits[(slice(None),) + b.write_in_read.slices])
 
     def tiles(self, job: _TileJob) -> dict[str, Any]:
@@ -139,7 +141,7 @@ class BlockPredictor:
         w = job.block.write
         own, stop = _tiles_of(job)
         ext = Box(w.start, stop)
-        data = self.norm(open_volume(job.image, level=job.level).read(ext))
+        data = self.norm(open_volume(job.image, level=job.level, missing_chunks=job.missing_chunks).read(ext))
         n_cls = self.predictor.label_manager.num_segmentation_heads
         acc = np.zeros((n_cls, *ext.shape), np.float32)
         weight = np.zeros(ext.shape, np.float32)
@@ -204,6 +206,7 @@ def predict_volume(
     device: str = "cpu",
     mirroring: bool = False,
     tiling: str = "global",
+    missing_chunks: str = "error",
 ) -> dict[str, Any]:
     """Predict the class map of the image into ``classes_url`` (created here on the image's grid,
     a label image of uint8 classes), block by block; resumable with ``work_dir``.
@@ -233,7 +236,7 @@ def predict_volume(
                         "predict on the pyramid level that matches (input.level)")
     runner = runner or SerialRunner(progress=False)
     if not os.path.exists(os.path.join(classes_url, "zarr.json")):
-        create_label_image(classes_url, like=image, chunks=grid.block_shape, dtype="uint8", name="classes")
+        create_label_image(classes_url, like=image, chunks=grid.block_shape, dtype="uint8", name="classes", kind="prediction")
     out = open_volume(classes_url)
     check_aligned(grid.block_shape, out.chunks, image.shape)
     if probability_url is not None and not os.path.exists(os.path.join(probability_url, "zarr.json")):
@@ -259,7 +262,7 @@ def predict_volume(
         for wave in range(sum(gshape) - 2):
             results.update(run_blocks(
                 None, tiles_grid,
-                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces),
+                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces, missing_chunks),
                 runner=runner, work_dir=work_dir, name="predict", desc=f"nnU-Net wave {wave + 1}/{sum(gshape) - 2}",
                 worker=worker, workers=workers, resources=resources, select=lambda b, w=wave: sum(b.index) == w,
             ))
@@ -269,7 +272,7 @@ def predict_volume(
             shutil.rmtree(pieces, ignore_errors=True)
     else:
         results = run_blocks(
-            None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b),
+            None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b, missing_chunks),
             runner=runner, work_dir=work_dir, name="predict", desc="nnU-Net blocks",
             worker=worker, workers=workers, resources=resources,
         )

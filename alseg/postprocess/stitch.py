@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from alseg.blockwise import check_aligned, run_blocks
-from alseg.errors import SpecError
+from alseg.errors import DataError, SpecError
 from alseg.geometry import Block, BlockGrid, Box
 from alseg.io import store as st
 from alseg.runtime import Runner, SerialRunner, get_shared
@@ -145,7 +145,7 @@ def _label_block(job: _LabelJob) -> dict[str, Any]:
 
     fg = open_volume(job.mask).read(job.block.write) > job.threshold
     local = np.empty(fg.shape, dtype=np.int32)
-    n = ndimage.label(fg, structure=structure(job.connectivity), output=local)
+    ndimage.label(fg, structure=structure(job.connectivity), output=local)
     local = local.view(np.uint32)
     sizes = write_local(job.layout, job.block.write, local, job.offset)
     return {"first": job.offset + 1, "sizes": sizes}
@@ -350,16 +350,37 @@ def label_components(
             "merges": sum(len(r["pairs"]) for r in faces.values())}
 
 
+def smallest_uint(count: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids ``1..count``."""
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if count <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise DataError(f"{count} objects exceed even uint64 ids")
+
+
+def check_capacity(count: int, dtype: np.dtype, output_url: str) -> None:
+    """Refuse an output whose dtype cannot hold ids ``1..count``, naming the smallest that can.
+
+    The object count is known once the faces are merged, before the relabel pass writes a voxel:
+    that is as early as it can be checked (block counts before merging over-count objects split
+    by block borders, so they cannot refuse anything).
+    """
+    dtype = np.dtype(dtype)
+    if count > np.iinfo(dtype).max:
+        raise DataError(f"{count} objects do not fit the output dtype {dtype} of {st.redact(output_url)} (ids up to "
+                        f"{np.iinfo(dtype).max}): create it as {smallest_uint(count)}, the smallest unsigned dtype that holds them")
+
+
 def finish(lay: Layout, grid: BlockGrid, labelled: dict[str, Any], pairs: dict[str, Any], output_url: str, *,
            min_size_vox: int, runner: Runner, work_dir: str, pyramid: bool) -> int:
     """Merge the provisional ids that ``pairs`` link, drop small objects, write consecutive ids into
     ``output_url`` (and its pyramid); returns the object count."""
-    from alseg.io.omezarr import build_pyramid, open_volume
+    from alseg.io.omezarr import open_volume
+    from alseg.pyramid import build_pyramid
 
     out = open_volume(output_url)
     keys, values, count = relabel_table(labelled, pairs, min_size_vox=min_size_vox)
-    if count >= np.iinfo(out.dtype).max:
-        raise SpecError(f"{count} objects do not fit the output dtype {out.dtype}: use uint64 labels")
+    check_capacity(count, out.dtype, output_url)
     keys_ref, values_ref = runner.put(keys), runner.put(values)
     run_blocks(
         _relabel_block, grid,

@@ -210,7 +210,8 @@ def split_instances(
     (``objects``, ``seeds``, ``leftover`` seedless components kept). ``work_dir`` holds the
     scratch volumes and completion records, so an interrupted run resumes.
     """
-    from alseg.io.omezarr import build_pyramid, open_volume
+    from alseg.io.omezarr import open_volume
+    from alseg.pyramid import build_pyramid
     from alseg.postprocess.stitch import label_components, structure
 
     runner = runner or SerialRunner(progress=False)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from alseg.blockwise import check_aligned, run_blocks
-from alseg.errors import AlsegError, SpecError
+from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid
 from alseg.io import store as st
 from alseg.postprocess.stitch import Layout, finish, write_local
@@ -41,6 +41,7 @@ from alseg.pseudolabel.link import match_planes
 from alseg.runtime import Resources, Runner, SerialRunner
 
 BORDER_OVERLAP = 0.5
+KIND = "pseudolabels"  # the output kind recorded on the label image (only such an output is ever replaced)
 
 
 def _spec_of(spec_json: dict[str, Any]):
@@ -59,6 +60,7 @@ class _SegmentJob:
     block: Block
     offset: int
     batch_size: int
+    missing_chunks: str = "error"
 
 
 class SegmentWorker:
@@ -72,7 +74,7 @@ class SegmentWorker:
         from alseg.io.omezarr import open_volume
 
         b = job.block
-        data = open_volume(job.image, level=job.level).read(b.read)
+        data = open_volume(job.image, level=job.level, missing_chunks=job.missing_chunks).read(b.read)
         masks = np.zeros(data.shape, dtype=np.uint32)
         for start in range(0, data.shape[0], job.batch_size):
             batch = data[start:start + job.batch_size]
@@ -153,11 +155,13 @@ def pseudolabel_volume(
     workers: int = 1,
     resources: Resources | None = None,
     device: str | None = None,
+    missing_chunks: str = "error",
 ) -> dict[str, Any]:
     """Pseudo-label the image at ``image_url`` with the labeller ``spec`` (a pseudo-label spec
     section) into the label image ``output_url``; returns a summary with ``reused`` set when a
-    complete output with the same signature was already there."""
-    from alseg.io.omezarr import create_label_image, open_volume
+    complete output with the same signature was already there. ``missing_chunks``: what an absent
+    chunk of the image means (:func:`~alseg.io.omezarr.open_volume`)."""
+    from alseg.io.omezarr import create_label_image, open_volume, output_record
 
     runner = runner or SerialRunner(progress=False)
     image_url, output_url = os.fspath(image_url), os.fspath(output_url)
@@ -165,19 +169,16 @@ def pseudolabel_volume(
     sig = {**signature(spec), "input": {"url": st.redact(image_url), "level": level, "shape": list(image.shape)},
            "block_shape": list(block_shape), "halo_yx": list(np.broadcast_to(halo_yx, 2).tolist())}
     digest = signature_digest(sig)
-    prev: dict[str, Any] = {}
-    if st.exists(st.join(output_url, "zarr.json")):
-        try:
-            prev = open_volume(output_url).provenance()
-        except AlsegError:  # something else stands there: replaced below, as the run directory is alseg's
-            prev = {}
-        if prev.get("signature_sha256") == digest and prev.get("complete"):
-            return {**prev.get("summary", {}), "reused": True, "url": output_url}
+    prev = output_record(output_url) or {}
+    if prev.get("kind") == KIND and prev.get("signature_sha256") == digest and prev.get("complete"):
+        return {**prev.get("summary", {}), "reused": True, "url": output_url}
     hy, hx = (int(h) for h in np.broadcast_to(halo_yx, 2))
     grid = BlockGrid(image.shape, block_shape, (0, hy, hx))
     work = st.join(os.fspath(work_dir), digest[:16])
-    if prev.get("signature_sha256") != digest:  # absent, another signature, or not ours: start afresh
-        out = create_label_image(output_url, like=image, chunks=grid.block_shape, name="pseudolabels", overwrite=True)
+    if prev.get("kind") != KIND or prev.get("signature_sha256") != digest:
+        # absent, or pseudo-labels of another signature: start afresh (anything that is not
+        # alseg's own pseudo-labels is refused by create_label_image, never removed)
+        out = create_label_image(output_url, like=image, chunks=grid.block_shape, name="pseudolabels", overwrite=True, kind=KIND)
         out.set_provenance({"signature": sig, "signature_sha256": digest, "complete": False})
     out = open_volume(output_url)
     check_aligned(grid.block_shape, out.chunks, image.shape)
@@ -189,7 +190,7 @@ def pseudolabel_volume(
     clock = time.perf_counter()
     segmented = run_blocks(
         None, grid,
-        payload=lambda b: _SegmentJob(image_url, level, lay, b, linear[b.key] * stride, batch),
+        payload=lambda b: _SegmentJob(image_url, level, lay, b, linear[b.key] * stride, batch, missing_chunks),
         runner=runner, work_dir=work, name="segment", desc=f"pseudo-labels ({spec.method})",
         worker=(SegmentWorker, (spec_json, device, _pixel_size(image))), workers=workers, resources=resources,
     )

@@ -55,5 +55,6 @@ def runner_from_spec(resources_spec: Any, *, progress: bool = True, **ray_kwargs
         retries=resources_spec.retries,
         max_in_flight=resources_spec.max_in_flight,
         progress=progress,
+        **({"node_wait_s": resources_spec.node_wait_s} if resources_spec.backend == "ray" else {}),
         **ray_kwargs,
     )

@@ -25,7 +25,7 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alseg.errors import SpecError
@@ -39,16 +39,27 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
     memory_bytes: int | None = None
+    label: str | None = field(default=None, compare=False)
+    """Where the request comes from (``resources.pseudolabel``), for messages."""
 
     def __post_init__(self) -> None:
         if self.cpus < 0 or self.gpus < 0 or (self.memory_bytes is not None and self.memory_bytes <= 0):
             raise SpecError(f"resources must be non-negative, got {self}")
 
     @classmethod
-    def from_spec(cls, stage: Any) -> "Resources":
-        """From a :class:`alseg.spec.StageResources`."""
+    def from_spec(cls, stage: Any, *, label: str | None = None) -> "Resources":
+        """From a :class:`alseg.spec.StageResources` (``label``: its field path)."""
         mem = None if stage.memory_gb is None else int(stage.memory_gb * 2**30)
-        return cls(cpus=stage.cpus, gpus=stage.gpus, memory_bytes=mem)
+        return cls(cpus=stage.cpus, gpus=stage.gpus, memory_bytes=mem, label=label)
+
+    def describe(self) -> str:
+        mem = "" if self.memory_bytes is None else f", {self.memory_bytes / 2**30:g} GiB memory"
+        return f"{self.cpus:g} CPU, {self.gpus:g} GPU{mem}"
+
+    def fits(self, node: dict[str, float]) -> bool:
+        """Whether one worker of these resources fits a node with ``node`` (Ray's CPU/GPU/memory keys)."""
+        return (node.get("CPU", 0.0) >= self.cpus and node.get("GPU", 0.0) >= self.gpus
+                and (self.memory_bytes is None or node.get("memory", 0.0) >= self.memory_bytes))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,12 @@ off (``max_retries=0``); a dead actor is replaced before its item is retried.
 Without an address a local Ray is started bound to 127.0.0.1 with the dashboard off; with one
 (``"auto"``, ``"host:port"``, ``"ray://host:10001"``) the runner joins that cluster. The runner
 shuts Ray down on :meth:`close` only if it started it.
+
+Before work is submitted, its per-worker request is checked against the cluster's live nodes: a
+request no node can hold would wait in Ray's queue forever. A local cluster fails at once; on an
+existing cluster the runner asks Ray's autoscaler for such a node and waits up to
+``node_wait_s`` for one (the time an autoscaling cluster takes to add it), then fails with the
+request, the stage it comes from and what each node has.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections import deque
 from typing import Any
 
-from alseg.errors import DependencyError, WorkFailedError
+from alseg.errors import DependencyError, SpecError, WorkFailedError
 from alseg.runtime.base import ProgressCallback, Resources, Runner, WorkItem
 
 
@@ -52,9 +59,11 @@ class RayRunner(Runner):
         retries: int = 2,
         max_in_flight: int | None = None,
         progress: bool = True,
+        node_wait_s: float = 0.0,
     ) -> None:
         super().__init__(retries=retries, max_in_flight=max_in_flight, progress=progress)
         self.address = address
+        self.node_wait_s = node_wait_s
         """None: a local cluster on 127.0.0.1 started by this runner (or one already running here)."""
         ray = _import_ray(local=address is None)
         self._ray = ray
@@ -93,6 +102,35 @@ class RayRunner(Runner):
     def put(self, obj: Any) -> Any:
         return self._ray.put(obj)
 
+    def _nodes(self) -> list[dict[str, float]]:
+        return [dict(n.get("Resources", {})) for n in self._ray.nodes() if n.get("Alive")]
+
+    def check_fits(self, res: Resources, desc: str) -> None:
+        """Fail (a :class:`SpecError` naming the request) unless some live node can hold one worker of ``res``."""
+        deadline = time.monotonic() + (self.node_wait_s if self.address is not None else 0.0)
+        asked = False
+        while True:
+            nodes = self._nodes()
+            if any(res.fits(n) for n in nodes):
+                return
+            if time.monotonic() >= deadline:
+                break
+            if not asked:
+                try:
+                    from ray.autoscaler.sdk import request_resources
+
+                    bundle = {"CPU": res.cpus, "GPU": res.gpus, **({"memory": res.memory_bytes} if res.memory_bytes else {})}
+                    request_resources(bundles=[{k: v for k, v in bundle.items() if v}])
+                except Exception:  # noqa: BLE001 - no autoscaler on this cluster: just wait
+                    pass
+                asked = True
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        have = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU, "
+                         f"{n.get('memory', 0) / 2**30:.1f} GiB" for i, n in enumerate(nodes)) or "no live node"
+        waited = f" (waited {self.node_wait_s:g} s for the autoscaler)" if self.address is not None and self.node_wait_s else ""
+        raise SpecError(f"{res.label or desc}: each worker asks for {res.describe()}, which no node of the Ray cluster "
+                        f"can hold{waited} ({have}); lower the request or add a node that fits")
+
     def capacity(self, resources: Resources | None = None) -> int:
         res = resources or Resources()
         cluster = self._ray.cluster_resources()
@@ -116,6 +154,8 @@ class RayRunner(Runner):
     def _run_fn(self, fn, todo: list[WorkItem], resources: Resources, done: ProgressCallback, desc: str) -> None:
         if not todo:
             return
+        for res in {item.resources or resources for item in todo}:
+            self.check_fits(res, desc)
         ray = self._ray
         remote = ray.remote(max_retries=0, retry_exceptions=False)(_call)
         fn_ref = ray.put(fn)
@@ -143,6 +183,7 @@ class RayRunner(Runner):
     def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc) -> None:
         if not todo:
             return
+        self.check_fits(resources, desc)
         ray = self._ray
 
         class _Worker:  # a thin actor shell around the user's plain class

@@ -46,6 +46,7 @@ class _ScoreJob:
     patch_id: int
     start: tuple[int, int, int]
     stop: tuple[int, int, int]
+    missing_chunks: str = "error"
 
 
 class PatchScorer:
@@ -102,19 +103,20 @@ class PatchScorer:
         from alseg.geometry import Box
         from alseg.io.omezarr import open_volume
 
-        data = open_volume(job.image, level=job.level).read(Box(job.start, job.stop))
+        data = open_volume(job.image, level=job.level, missing_chunks=job.missing_chunks).read(Box(job.start, job.stop))
         acc = UncertaintySums().add(self.probabilities(data, job.patch_id), samples=True)
         return {"patch_id": job.patch_id, **acc.scores()}
 
 
 def score_patches(model_folder: str, image_url: str, patches: list[Any], *, norm: dict[str, float], mode: str = "none",
                   samples: int = 1, seed: int = 0, level: int = 0, runner: Any = None, work_dir: str | None = None,
-                  workers: int = 1, resources: Any = None, device: str = "cpu") -> dict[str, np.ndarray]:
+                  workers: int = 1, resources: Any = None, device: str = "cpu",
+                  missing_chunks: str = "error") -> dict[str, np.ndarray]:
     """``{measure: (N,) scores}`` for the pool ``patches`` (ids 0..N-1, in order)."""
     from alseg.runtime import CompletionMarkers, SerialRunner, WorkItem
 
     runner = runner or SerialRunner(progress=False)
-    items = [WorkItem(f"patch-{p.id:09d}", _ScoreJob(image_url, level, p.id, p.valid.start, p.valid.stop)) for p in patches]
+    items = [WorkItem(f"patch-{p.id:09d}", _ScoreJob(image_url, level, p.id, p.valid.start, p.valid.stop, missing_chunks)) for p in patches]
     results = runner.map_workers(PatchScorer, (model_folder, norm, device, mode, samples, seed), items, workers=workers,
                                  resources=resources, markers=None if work_dir is None else CompletionMarkers(work_dir),
                                  desc=f"uncertainty ({mode})", unit="patch")

@@ -15,13 +15,13 @@ TINY = {"backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_si
         "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "batch_size": 8, "warmup_epochs": 1}
 
 
-def _spec(tmp_path, **embedding):
+def _spec(tmp_path, overwrite=False, **embedding):
     from alseg.synth import SynthParams, write_synthetic
 
     url = tmp_path / "v.zarr"
     if not url.exists():
         write_synthetic(url, SynthParams.preset("easy", shape=(16, 128, 128), seed=2))
-    return parse_spec({"input": {"url": str(url), "ground_truth": "mitochondria"}, "run": {"dir": str(tmp_path / "run")},
+    return parse_spec({"input": {"url": str(url), "ground_truth": "mitochondria"}, "run": {"dir": str(tmp_path / "run"), "overwrite": overwrite},
                           "patches": {"shape_vox": [8, 32, 32], "holdout": {"kind": "fraction", "axis": "z", "fraction": 0.5}},
                           "embedding": {**TINY, "epochs": 3, "slices_per_patch": 3, "rows_per_chunk": 5, **embedding},
                           "selection": {"method": "kcenter", "budget": 4, "rounds": 2}})
@@ -118,8 +118,8 @@ def test_embed_stage_is_deterministic_reused_and_invalidated(tmp_path, ray_clust
     again = run_embed(spec, runner=ray_cluster, progress=False)
     assert not again["reused"] and again["mae"]["reused"]
     assert np.array_equal(EmbeddingStore.open(again["url"]).load(), rows)
-    # another embedding parameter makes the store stale (recomputed); the MAE is reused
-    spec2 = _spec(tmp_path, slices_per_patch=2)
+    # another embedding parameter (another job: run.overwrite) makes the store stale (recomputed); the MAE is reused
+    spec2 = _spec(tmp_path, overwrite=True, slices_per_patch=2)
     third = run_embed(spec2, progress=False)
     assert not third["reused"] and third["mae"]["reused"]
     assert not np.array_equal(EmbeddingStore.open(third["url"]).load(), rows)
@@ -157,6 +157,7 @@ def test_random_selection_needs_no_mae_and_uncertainty_asks_for_scores(tmp_path)
     assert len(set(res["patch_ids"])) == 5 and max(res["patch_ids"]) < 16 and "picture" not in res
     assert not (tmp_path / "run" / "embedding").exists()
     spec_e = spec.model_copy(update={"selection": parse_spec({**spec.model_dump(mode="json"),
-                                                              "selection": {"method": "entropy", "budget": 5}}).selection})
+                                                              "selection": {"method": "entropy", "budget": 5}}).selection,
+                                     "run": spec.run.model_copy(update={"overwrite": True})})  # another job: takes over the run dir
     with pytest.raises(SpecError, match="uncertainty"):
         run_select(spec_e, round_index=1, progress=False)

@@ -96,3 +96,104 @@ def test_blockwise_volume_scores_equal_in_memory(tmp_path):
     assert got == score_table(overlap_table(gt, pred))
     region = Box((2, 5, 0), (10, 40, 33))
     assert evaluate_volumes(g.url, p.url, block_shape=(4, 16, 16), region=region) == score_table(overlap_table(gt[region.slices], pred[region.slices]))
+
+
+# --------------------------------------------------------------------------------------------- #
+# inputs that are not label images are refused before any block is read
+# --------------------------------------------------------------------------------------------- #
+class NoBlocks:
+    """A runner that fails the test if evaluation reaches the block pass."""
+
+    def map(self, *args, **kwargs):
+        raise AssertionError("a block was read before the inputs were checked")
+
+
+def tree_hashes(path) -> dict[str, str]:
+    import hashlib
+    from pathlib import Path
+
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def label_like(image_url: str, name: str, data: np.ndarray, *, label_metadata: bool = True) -> str:
+    """A volume of any dtype beside the image (``create_labels`` only makes unsigned ones), with NGFF
+    ``image-label`` metadata unless ``label_metadata`` is false."""
+    import zarr
+
+    from alseg.io import store as st
+
+    url = str(image_url) + f"-{name}.zarr"
+    vol = create_image(url, shape=data.shape, dtype=data.dtype, chunks=(4, 16, 16), voxel_size_nm=(8, 8, 8), levels=1)
+    vol.write(vol.bounds, data)
+    if label_metadata:
+        group = zarr.open_group(st.zarr_store(url, read_only=False), mode="r+")
+        group.attrs["ome"] = {**dict(group.attrs["ome"]), "image-label": {}}
+    return url
+
+
+@pytest.fixture
+def gt_volume(tmp_path):
+    rng = np.random.default_rng(0)
+    gt, _ = ndimage.label(ndimage.gaussian_filter(rng.random((8, 32, 32)), 2) > 0.52)
+    img = create_image(tmp_path / "img.zarr", shape=gt.shape, dtype="uint8", chunks=(4, 16, 16), voxel_size_nm=(8, 8, 8), levels=1)
+    img.write(img.bounds, (rng.random(gt.shape) * 255).astype(np.uint8))
+    g = create_labels(img.url, "gt")
+    g.write(g.bounds, gt.astype(np.uint32))
+    return img.url, g.url, gt
+
+
+def test_float_labels_are_refused_before_any_block_is_read(gt_volume):
+    from alseg.errors import DataError
+
+    img, gt_url, gt = gt_volume
+    pred = label_like(img, "float", (gt + 0.3 * (gt % 2)).astype(np.float32))  # truncation would merge ids
+    before = tree_hashes(pred)
+    with pytest.raises(DataError, match="integers.*float32"):
+        evaluate_volumes(gt_url, pred, runner=NoBlocks())
+    with pytest.raises(DataError, match="integers.*float32"):
+        evaluate_volumes(pred, gt_url, runner=NoBlocks())
+    assert tree_hashes(pred) == before
+
+
+def test_negative_ids_are_refused(gt_volume):
+    from alseg.errors import DataError
+
+    img, gt_url, gt = gt_volume
+    signed = gt.astype(np.int32)
+    signed[signed == 0] = -1  # -1 as background would become object 2**64 - 1
+    pred = label_like(img, "neg", signed)
+    before, gt_before = tree_hashes(pred), tree_hashes(gt_url)
+    with pytest.raises(DataError, match="negative"):
+        evaluate_volumes(gt_url, pred, block_shape=(4, 16, 16))
+    assert tree_hashes(pred) == before and tree_hashes(gt_url) == gt_before
+    # signed labels without negative values are fine, and score as their unsigned twin
+    ok = label_like(img, "pos", gt.astype(np.int64))
+    assert evaluate_volumes(gt_url, ok, block_shape=(4, 16, 16)) == score_table(overlap_table(gt, gt))
+    with pytest.raises(DataError, match="negative"):
+        overlap_table(gt, signed)
+
+
+def test_em_image_passed_as_labels_is_refused(gt_volume):
+    from alseg.errors import DataError
+
+    img, gt_url, gt = gt_volume
+    before = tree_hashes(img)
+    with pytest.raises(DataError, match="image-label"):
+        evaluate_volumes(gt_url, img, runner=NoBlocks())
+    with pytest.raises(DataError, match="image-label"):
+        evaluate_volumes(img, gt_url, runner=NoBlocks())
+    assert tree_hashes(img) == before
+    # a label volume stored as a plain image (no image-label metadata) in a label-sized dtype is accepted
+    plain = label_like(img, "plain", gt.astype(np.uint32), label_metadata=False)
+    assert evaluate_volumes(gt_url, plain)["at"]["0.5"]["f1"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan"), float("inf")])
+def test_iou_threshold_outside_unit_interval_is_a_spec_error_before_any_block(gt_volume, bad):
+    from alseg.errors import SpecError
+
+    _, gt_url, _ = gt_volume
+    with pytest.raises(SpecError, match=r"\(0, 1\]"):
+        evaluate_volumes(gt_url, gt_url, thresholds=(0.5, bad), runner=NoBlocks())
+    with pytest.raises(SpecError):
+        match_instances(overlap_table(np.ones((1, 2, 2), np.uint8), np.ones((1, 2, 2), np.uint8)), bad)

@@ -14,15 +14,15 @@ from alseg.errors import DataError, NotOmeZarrError, OutputExistsError, StoreErr
 from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.io.omezarr import (
-    build_pyramid,
     create_image,
     create_labels,
-    downsample,
     list_labels,
     open_labels,
     open_volume,
+    output_record,
     pyramid_factors,
 )
+from alseg.pyramid import build_pyramid, downsample
 
 
 def mean_pool_oracle(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
@@ -114,15 +114,59 @@ def test_ome_zarr_reader_and_models_accept_the_metadata(tmp_path):
 
 def test_existing_output_is_not_overwritten(store_root):
     url, data = make_image(store_root)
+    open_volume(url, mode="r+").set_provenance({"complete": True})  # a finished output
     with pytest.raises(OutputExistsError, match="already holds data"):
         create_image(url, shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1))
     assert np.array_equal(open_volume(url).read(), data), "the refused call must leave the data alone"
     vol = create_image(url, shape=(2, 3, 4), dtype="uint16", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1), overwrite=True)
     assert vol.shape == (2, 3, 4) and vol.dtype == np.uint16
     lab = create_labels(url, "x")
+    lab.set_provenance({"complete": True})
     with pytest.raises(OutputExistsError):
         create_labels(url, "x")
     assert lab.shape == (2, 3, 4)
+
+
+def test_only_alseg_own_outputs_of_the_same_kind_are_ever_replaced(store_root, tmp_path):
+    import zarr
+
+    # an incomplete output of the same kind (a failed write) is replaced without overwrite
+    url, _ = make_image(store_root, "half.zarr")
+    assert output_record(url) == {"kind": "image", "complete": False}
+    assert create_image(url, shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1)).shape == (2, 2, 2)
+    # an output of another kind is not, even with overwrite
+    other = st.join(store_root, "synthetic.zarr")
+    create_image(other, shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1), kind="synthetic")
+    with pytest.raises(OutputExistsError, match="alseg's synthetic output, not a image"):
+        create_image(other, shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1), overwrite=True)
+    # data alseg did not write is never replaced, whatever overwrite says, and stays byte-identical
+    foreign = st.join(store_root, "user.zarr")
+    g = zarr.open_group(st.zarr_store(foreign, read_only=False), mode="w")
+    g.create_array("raw", shape=(4, 4, 4), dtype="u1")[:] = 7
+    before = _tree_digest(foreign)
+    with pytest.raises(OutputExistsError, match="alseg did not write"):
+        create_image(foreign, shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1), overwrite=True)
+    assert _tree_digest(foreign) == before
+    # nor an alseg image holding a label image somebody else added
+    url2, _ = make_image(store_root, "annotated.zarr")
+    open_volume(url2, mode="r+").set_provenance({"complete": True})
+    create_labels(url2, "theirs")
+    zarr.open_group(st.zarr_store(st.join(url2, "labels", "theirs"), read_only=False), mode="r+").attrs.pop("alseg")
+    with pytest.raises(OutputExistsError, match="label images that alseg did not write"):
+        create_image(url2, shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1), overwrite=True)
+    # a plain file is not alseg's either
+    (tmp_path / "notes.zarr").write_text("mine")
+    with pytest.raises(OutputExistsError, match="alseg did not write"):
+        create_image(str(tmp_path / "notes.zarr"), shape=(2, 2, 2), dtype="uint8", chunks=(2, 2, 2), voxel_size_nm=(1, 1, 1), overwrite=True)
+    assert (tmp_path / "notes.zarr").read_text() == "mine"
+
+
+def _tree_digest(url: str) -> dict[str, str]:
+    """sha256 of every object under ``url``: the oracle for "left byte-identical"."""
+    import hashlib
+
+    fs, path = st.filesystem(url)
+    return {f[len(path):]: hashlib.sha256(fs.cat_file(f)).hexdigest() for f in sorted(fs.find(path))}
 
 
 def test_missing_and_non_ome_stores(store_root):

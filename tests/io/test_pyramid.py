@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from alseg.errors import DataError
-from alseg.io.omezarr import build_pyramid, create_image, create_labels, downsample, open_volume, pyramid_block_shape
+from alseg.io.omezarr import create_image, create_labels, open_volume
+from alseg.pyramid import build_pyramid, downsample, pyramid_block_shape
 
 
 def mode_pool_oracle(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:

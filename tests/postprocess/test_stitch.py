@@ -167,7 +167,7 @@ def test_work_dir_of_another_geometry_is_refused(tmp_path):
 
 
 def test_output_pyramid_is_filled_by_mode(tmp_path):
-    from alseg.io.omezarr import downsample
+    from alseg.pyramid import downsample
 
     mask = random_blobs((8, 64, 64), seed=6)
     # a two-level image: its label images get two levels too
@@ -180,3 +180,35 @@ def test_output_pyramid_is_filled_by_mode(tmp_path):
     assert lower.shape == (4, 32, 32)
     assert np.array_equal(lower.read(), downsample(full, (2, 2, 2), kind="mode"))
     assert lower.read().any()
+
+
+def dots(n: int) -> np.ndarray:
+    """``n`` isolated voxels (separate objects with any connectivity) in a 2 x 64 x 64 mask."""
+    mask = np.zeros((2, 64, 64), bool)
+    ys, xs = np.divmod(np.arange(n), 32)
+    mask[0, 2 * ys, 2 * xs] = True
+    return mask
+
+
+def test_255_objects_fit_a_uint8_output(tmp_path):
+    mask = dots(255)
+    url = write_mask(tmp_path, mask, (2, 32, 32))
+    out = create_labels(url, "inst", dtype="uint8", chunks=(2, 32, 32))
+    result = label_components(url, out.url, block_shape=(2, 32, 32), work_dir=tmp_path / "w")
+    got = open_volume(out.url).read()
+    assert result["objects"] == 255 and got.max() == 255
+    assert same_partition(got, oracle(mask, 26))
+
+
+@pytest.mark.parametrize(("n", "dtype", "needed"), [(256, "uint8", "uint16"), (1024, "uint8", "uint16")])
+def test_too_many_objects_for_the_output_dtype_names_the_smallest_that_fits(tmp_path, n, dtype, needed):
+    from alseg.errors import DataError
+
+    mask = dots(n)
+    url = write_mask(tmp_path, mask, (2, 32, 32))
+    out = create_labels(url, "inst", dtype=dtype, chunks=(2, 32, 32))
+    with pytest.raises(DataError, match=rf"{n} objects.*{dtype}.*{needed}\b") as info:
+        label_components(url, out.url, block_shape=(2, 32, 32), work_dir=tmp_path / "w")
+    assert "uint64" not in str(info.value)
+    assert not open_volume(out.url).read().any(), "nothing was written"
+    assert not (tmp_path / "w" / "relabel").exists() or not any((tmp_path / "w" / "relabel").iterdir())

@@ -11,7 +11,7 @@ from alseg.geometry import Box, PatchGrid
 from alseg.io.omezarr import open_volume
 from alseg.nnunet import IntensityNorm, NnUNetDirs, export_dataset, plan_and_preprocess, train
 from alseg.nnunet.predict import load_predictor
-from alseg.select.score import PatchScorer, flips, score_patches
+from alseg.select.score import PatchScorer, _ScoreJob, flips, score_patches
 from alseg.spec import TrainingSpec
 from alseg.synth import SynthParams, write_synthetic
 
@@ -62,7 +62,7 @@ def test_tta_bald_matches_mirrored_nnunet_predictions(models):
     patch = PatchGrid((16, 64, 64), (16, 32, 32)).patches()[1]
     scorer = PatchScorer(models["plain"], norm, mode="tta", samples=4)
     assert scorer.axes == (0, 1, 2) and flips(scorer.axes, 4) == [(), (0,), (1,), (2,)]
-    got = scorer(type("J", (), {"image": url, "level": 0, "patch_id": 1, "start": patch.valid.start, "stop": patch.valid.stop})())
+    got = scorer(_ScoreJob(url, 0, 1, patch.valid.start, patch.valid.stop))
     stack = np.stack([_nnunet_probs(models["plain"], url, norm, patch.valid, f).reshape(2, -1) for f in flips(scorer.axes, 4)])
     mean = stack.mean(axis=0)
     bald = scipy_entropy(mean, axis=0) - np.mean([scipy_entropy(s, axis=0) for s in stack], axis=0)
@@ -86,8 +86,8 @@ def test_scores_stage_feeds_the_uncertainty_strategies(models, tmp_path):
     from alseg.spec import parse_spec
     from alseg.stages import run_scores, run_select
 
-    def spec(selection):
-        return parse_spec({"input": {"url": models["url"]}, "run": {"dir": str(tmp_path / "run")},
+    def spec(selection, overwrite=False):  # a second selection in the same run dir takes it over (run.overwrite)
+        return parse_spec({"input": {"url": models["url"]}, "run": {"dir": str(tmp_path / "run"), "overwrite": overwrite},
                            "annotation": {"method": "manual"}, "patches": {"shape_vox": [8, 32, 32], "holdout": None},
                            "selection": selection})
 
@@ -97,7 +97,7 @@ def test_scores_stage_feeds_the_uncertainty_strategies(models, tmp_path):
     assert run_scores(s, model_folder=models["plain"], norm=models["norm"], progress=False)["reused"]
     sel = run_select(s, scores=res["scores"], progress=False)
     assert sel["patch_ids"] == np.argsort(-np.asarray(res["scores"]["bald"]), kind="stable")[:2].tolist()
-    ent = spec({"method": "entropy", "budget": 3})
+    ent = spec({"method": "entropy", "budget": 3}, overwrite=True)
     plain = run_scores(ent, model_folder=models["plain"], norm=models["norm"], progress=False)
     assert plain["mode"] == "none"
     np.testing.assert_allclose(plain["scores"]["entropy"], res["scores"]["entropy"], rtol=0.5)  # same model, no flips
