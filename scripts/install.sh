@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
 # Install alseg into a virtual environment, from nothing, idempotently.
 #
-#   scripts/install.sh            # creates ./.venv (or $ALSEG_VENV) and installs alseg[dev] editable
+#   scripts/install.sh                  # creates ./.venv (or $ALSEG_VENV): exactly the locked set, alseg editable
+#   ALSEG_UNLOCKED=1 scripts/install.sh # resolves pyproject.toml afresh (newest versions) instead
 #
 # What it guarantees:
+#   * by default the environment holds exactly the versions in the lock for its torch kind
+#     (locks/cpu.txt or locks/cuda.txt, written by `make lock`, never by hand): every locked
+#     package at its locked version, packages the lock does not list removed, alseg editable;
 #   * torch is a CPU build where no CUDA device is present, and nothing installed afterwards can
-#     replace it (every later pip call runs under a constraint pinning the torch that is there);
+#     replace it (every later pip call runs under a constraint: the lock, or, unlocked, a pin of
+#     the torch that is there);
 #   * on CPU machines where the only torchvision that resolves beside torch is a CUDA build (whose
 #     C extension cannot load), a lazy start-up hook defines the two operator schemas torchvision
 #     registers fakes for, so `import timm` and nnU-Net's trainer lookup work. The hook lives in the
 #     virtual environment only, never in the package, and is installed only when torchvision fails;
-#   * a second run with nothing changed returns in about a second.
+#   * a second run with nothing changed returns in about a second (the stamp
+#     $ALSEG_VENV/.alseg-install-stamp records the inputs, the lock and its sha256).
 #
 # Knobs (environment):
 #   ALSEG_VENV             virtual environment folder            (default: .venv)
-#   PYTHON                 interpreter that creates it           (default: python3, needs >= 3.11)
+#   PYTHON                 interpreter that creates it           (default: python3, needs >= 3.11;
+#                          the locks are made for 3.11)
 #   ALSEG_TORCH            cpu | cuda | auto                     (default: auto = cuda iff nvidia-smi sees a GPU)
-#   ALSEG_TORCH_VERSION    torch version for CPU installs         (default: 2.13.0)
+#                          and so the lock: cpu -> locks/cpu.txt, cuda -> locks/cuda.txt
+#   ALSEG_UNLOCKED         1: ignore the lock, resolve pyproject.toml afresh (newest versions)
+#   ALSEG_TORCH_VERSION    torch version for unlocked CPU installs (default: 2.13.0; locked: the lock's)
 #   ALSEG_TORCH_INDEX_URL  extra pip index holding CPU torch wheels, for machines that have no local
-#                          CPU wheel (the default index serves CUDA builds on Linux)
-#   ALSEG_EXTRAS           extras to install                     (default: dev)
+#                          CPU wheel (the default index serves CUDA builds on Linux), e.g.
+#                          https://download.pytorch.org/whl/cpu
+#   ALSEG_EXTRAS           extras to install; unlocked: default dev; locked: the lock's extras
+#                          (its "# extras:" line) are always all installed, and naming one the
+#                          lock lacks is an error
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +39,7 @@ cd "$here"
 venv="${ALSEG_VENV:-.venv}"
 python="${PYTHON:-python3}"
 torch_mode="${ALSEG_TORCH:-auto}"
-torch_version="${ALSEG_TORCH_VERSION:-2.13.0}"
-extras="${ALSEG_EXTRAS:-dev}"
+unlocked="${ALSEG_UNLOCKED:-0}"
 stamp="$venv/.alseg-install-stamp"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export RAY_USAGE_STATS_ENABLED=0
@@ -41,14 +52,46 @@ if [[ "$torch_mode" == auto ]]; then
 fi
 [[ "$torch_mode" == cpu || "$torch_mode" == cuda ]] || die "ALSEG_TORCH must be cpu, cuda or auto, got '$torch_mode'"
 
-# The stamp covers everything that decides what gets installed.
-want="$(cat pyproject.toml scripts/install.sh scripts/torchvision_shim.py | sha256sum | cut -c1-16) $torch_mode $torch_version $extras"
+[[ "$unlocked" == 0 || "$unlocked" == 1 ]] || die "ALSEG_UNLOCKED must be 0 or 1, got '$unlocked'"
+
+if [[ "$unlocked" == 1 ]]; then
+  lock=""
+  torch_version="${ALSEG_TORCH_VERSION:-2.13.0}"
+  extras="${ALSEG_EXTRAS:-dev}"
+else
+  # The lock decides every version: torch's included, and the extras.
+  lock="locks/$torch_mode.txt"
+  [[ -f "$lock" ]] || die "no lock $lock: run 'make lock', or set ALSEG_UNLOCKED=1 to resolve afresh"
+  extras="$(sed -n 's/^# extras: *//p' "$lock" | head -n 1)"
+  torch_version="$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$lock" | head -n 1)"
+  [[ -n "$extras" && -n "$torch_version" ]] || die "$lock has no '# extras:' line or no torch pin: regenerate it with 'make lock'"
+  if [[ -n "${ALSEG_EXTRAS:-}" ]]; then
+    for e in ${ALSEG_EXTRAS//,/ }; do
+      [[ ",$extras," == *",$e,"* ]] || die "extra '$e' is not in $lock (it locks [$extras]); add it to the lock (locks/generate.sh, 'make lock') or set ALSEG_UNLOCKED=1"
+    done
+  fi
+  if [[ -n "${ALSEG_TORCH_VERSION:-}" && "${ALSEG_TORCH_VERSION}" != "${torch_version%%+*}" && "${ALSEG_TORCH_VERSION}" != "$torch_version" ]]; then
+    die "ALSEG_TORCH_VERSION=$ALSEG_TORCH_VERSION but $lock pins torch==$torch_version; set ALSEG_UNLOCKED=1 for another torch"
+  fi
+fi
+
+# The stamp covers everything that decides what gets installed (one key=value per line; the
+# lock test reads it).
+inputs=(pyproject.toml scripts/install.sh scripts/torchvision_shim.py ${lock:+"$lock"})
+want="inputs_sha256=$(cat "${inputs[@]}" | sha256sum | cut -c1-16)
+mode=$([[ "$unlocked" == 1 ]] && echo unlocked || echo locked)
+lock=${lock:-none}
+lock_sha256=$([[ -n "$lock" ]] && sha256sum "$lock" | cut -d' ' -f1 || echo none)
+torch=$torch_mode
+torch_version=$torch_version
+extras=$extras"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/alseg" ]]; then
   say "up to date ($venv)"
   exit 0
 fi
 
 start=$(date +%s)
+rm -f "$stamp"  # a run that stops half-way must not leave the environment looking up to date
 if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$python is $("$python" --version 2>&1); alseg needs Python >= 3.11 (set PYTHON=...)"
@@ -63,27 +106,68 @@ quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a director
 
 # 1. torch first, so that the constraint below pins what is there.
 torch_now="$("$py" -W ignore -c 'import torch; print(torch.__version__, torch.version.cuda or "cpu")' 2>/dev/null || true)"
+# Locked, torch must be the lock's exact version string ("===": 2.13.0+cpu, or 2.13.0 and not a
+# +cpu/+cuXXX build that "==2.13.0" would also accept).
+stale=0 eq="=="
+[[ -n "$lock" ]] && eq="==="
+[[ -n "$lock" && -n "$torch_now" && "${torch_now%% *}" != "$torch_version" ]] && stale=1
 if [[ "$torch_mode" == cpu ]]; then
-  if [[ -z "$torch_now" || "$torch_now" != *" cpu" ]]; then
-    say "installing torch==$torch_version (CPU build)"
+  if [[ -z "$torch_now" || "$torch_now" != *" cpu" || "$stale" == 1 ]]; then
+    say "installing torch$eq$torch_version (CPU build)"
     if [[ -n "${ALSEG_TORCH_INDEX_URL:-}" ]]; then
-      "${pip[@]}" "torch==$torch_version" --extra-index-url "$ALSEG_TORCH_INDEX_URL"
+      "${pip[@]}" "torch$eq$torch_version" --extra-index-url "$ALSEG_TORCH_INDEX_URL"
     else
-      "${pip[@]}" "torch==$torch_version"
+      "${pip[@]}" "torch$eq$torch_version"
     fi
   fi
   cuda="$("$py" -W ignore -c 'import torch; print(torch.version.cuda or "")')"
   [[ -z "$cuda" ]] || die "torch in $venv is a CUDA build ($cuda) on a machine without a GPU; set ALSEG_TORCH_INDEX_URL to an index with CPU wheels, or remove $venv"
+elif [[ -n "$lock" ]]; then
+  if [[ -z "$torch_now" || "$stale" == 1 ]]; then
+    say "installing torch===$torch_version (CUDA machine, locked)"
+    "${pip[@]}" "torch===$torch_version"
+  fi
+  cuda="$("$py" -W ignore -c 'import torch; print(torch.version.cuda or "")')"
+  [[ -n "$cuda" ]] || die "torch===$torch_version in $venv is a CPU build; $lock wants the index's CUDA build (check pip's find-links / extra index settings)"
 elif [[ -z "$torch_now" ]]; then
   say "installing torch (CUDA machine)"
   "${pip[@]}" torch
 fi
 
-# 2. everything else, under a constraint that pins the installed torch.
-constraints="$venv/alseg-constraints.txt"
-"$py" -W ignore -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$constraints"
-say "installing alseg[$extras] (editable) with $(cat "$constraints")"
-PIP_CONSTRAINT="$constraints" "${pip[@]}" -e ".[${extras}]"
+# 2. everything else.
+if [[ -n "$lock" ]]; then
+  # Locked: first remove what the lock does not list (left by an unlocked install or an older
+  # lock), then install every line of the lock with alseg, under the lock as constraint (so
+  # alseg's own requirements resolve to the locked versions too). If pip then had to add a package
+  # the lock lacks, the lock is stale against pyproject.toml: stop, and say so.
+  unlisted() {
+    "$py" - "$lock" <<'PY'
+import importlib.metadata as md, re, sys, sysconfig
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+lines = (l.split("#", 1)[0].strip() for l in open(sys.argv[1], encoding="utf-8"))
+keep = {norm(l.split("==", 1)[0]) for l in lines if l} | {"alseg", "pip", "setuptools", "wheel"}
+site = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+print(" ".join(sorted({d.metadata["Name"] for d in md.distributions(path=site) if norm(d.metadata["Name"]) not in keep})))
+PY
+  }
+  leftovers="$(unlisted)"
+  if [[ -n "$leftovers" ]]; then
+    say "removing packages $lock does not list: $leftovers"
+    "$py" -m pip uninstall --yes --quiet $leftovers
+  fi
+  say "installing $lock (sha256 $(sha256sum "$lock" | cut -c1-12)) and alseg[$extras] (editable)"
+  PIP_CONSTRAINT="$lock" "${pip[@]}" -r "$lock" -e ".[${extras}]"
+  added="$(unlisted)"
+  [[ -z "$added" ]] || die "pyproject.toml needs packages $lock lacks ($added): the lock is stale; run 'make lock' (or ALSEG_UNLOCKED=1)"
+else
+  # Unlocked: resolve afresh (newest versions allowed by pyproject.toml, also over what an
+  # earlier install left) under a constraint that pins the installed torch exactly (its local
+  # tag too, so that the upgrade cannot swap a +cpu build for the index's CUDA one).
+  constraints="$venv/alseg-constraints.txt"
+  "$py" -W ignore -c 'import torch; print("torch==" + torch.__version__)' > "$constraints"
+  say "installing alseg[$extras] (editable, unlocked: newest versions) with $(cat "$constraints")"
+  PIP_CONSTRAINT="$constraints" "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[${extras}]"
+fi
 
 # 3. the torchvision trap (CPU only): install the lazy shim only if torchvision cannot import.
 site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
