@@ -22,10 +22,42 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from alseg.annotate.cli import add_import_parser
 from alseg.errors import AlsegError, SpecError
 from alseg.io.urls import scrub, secrets_from_environment
+from alseg.jobcli import print_status, run_spec, spec_of
+from alseg.pipeline.embedding import run_embed
+from alseg.pipeline.evaluation import evaluate
+from alseg.pipeline.predict import run_predict
+from alseg.pipeline.pretrain import run_pretrain
+from alseg.pipeline.pseudolabels import run_pseudolabels
+from alseg.pipeline.selection import run_select
 
 DEMO_DIR = "demo-run"
+DEMO_SHAPE = (32, 256, 256)
+DEMO_SPEC = """\
+# alseg demo: the whole active-learning loop on a synthetic EM volume, sized for a 2-core CPU.
+name: alseg-demo
+input: {{url: {volume}, ground_truth: mitochondria}}
+run: {{dir: {run}}}
+patches:
+  shape_vox: [16, 64, 64]          # the lower half (z) is the pool: 16 candidate patches
+  holdout: {{kind: fraction, axis: z, fraction: 0.5, side: end}}
+pseudolabel: {{method: classical, threshold: otsu, block_shape_vox: [16, 256, 256], halo_px: 48, min_size_vox: 50}}
+nnunet:
+  device: cpu
+  plan_overrides: {{patch_size_vox: [16, 64, 64], batch_size: 2, n_stages: 4, features_per_stage: [8, 16, 32, 64]}}
+  pretrain: {{epochs: 15, iterations_per_epoch: 10, val_iterations_per_epoch: 2, final_validation: false}}
+  finetune: {{epochs: 10, iterations_per_epoch: 10, val_iterations_per_epoch: 2, learning_rate: 0.003, final_validation: false}}
+embedding: {{backbone: vit_tiny_patch16_224, img_size_px: 64, epochs: 10, batch_size: 32, warmup_epochs: 1,
+            learning_rate: 0.001, slices_per_patch: 4}}
+selection: {{method: kcenter, budget: 2, n_initial: 1, rounds: 2}}
+annotation: {{method: simulated}}
+prediction: {{block_shape_vox: [16, 128, 128], halo_vox: [4, 16, 16]}}
+postprocess: {{block_shape_vox: [16, 128, 128], halo_vox: [4, 32, 32], min_size_vox: 200, watershed: distance,
+              seed_distance_nm: 100}}  # split touching mitochondria
+resources: {{backend: serial}}
+"""
 _SECRETS: list[str] = []  # secret values of this process's environment, masked in every message
 
 
@@ -159,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from alseg.synth import SynthParams, ensure_synthetic
 
     out = Path(args.dir) / "synthetic.zarr"
-    params = SynthParams.preset("medium", shape=(64, 512, 512), seed=args.seed)
+    params = SynthParams.preset("medium", shape=DEMO_SHAPE, seed=args.seed)
     print(f"alseg demo: synthetic EM volume {params.shape} (z, y, x) at {params.voxel_size_nm} nm -> {out}")
     summary, reused = ensure_synthetic(out, params, overwrite=args.overwrite, progress=_progress(args))
     if reused:
@@ -167,8 +199,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # read it back through ome-zarr's own reader, as a viewer would
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
-
-    import logging
 
     logging.getLogger("ome_zarr").setLevel(logging.ERROR)  # it warns that a label has no parent: noise
     nodes = list(Reader(parse_url(str(out)))())
@@ -179,32 +209,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  labels           : {', '.join(list_labels(out))}")
     _print_summary("ground truth", {k: summary[k] for k in ("instances", "foreground_fraction")})
 
-    # stage 2: pseudo-labels with the weight-free default, scored against the ground truth
-    from alseg import stages
-    from alseg.spec import parse_spec
-
-    spec = parse_spec({
-        "input": {"url": str(out), "ground_truth": "mitochondria"},
-        "run": {"dir": str(Path(args.dir) / "run")},
-        "patches": {"shape_vox": [16, 128, 128]},
-        "pseudolabel": {"method": "classical", "block_shape_vox": [16, 256, 256], "halo_px": 48},
-        "embedding": {"backbone": "vit_tiny_patch16_224", "img_size_px": 64, "epochs": 10, "batch_size": 32,
-                      "warmup_epochs": 1, "learning_rate": 1e-3, "slices_per_patch": 4},
-        "selection": {"method": "kcenter", "budget": 4, "rounds": 2},
-        "resources": {"backend": "serial"},
-    }, source="demo")
-    pl = stages.run_pseudolabels(spec, progress=_progress(args))
-    print(f"pseudo-labels ({pl['method']}) -> {pl['url']}" + ("  (reused: same signature)" if pl["reused"] else ""))
-    _print_summary("pseudo-labels", {k: pl[k] for k in ("objects", "pieces_2d", "links")})
-    _print_scores(stages.evaluate(spec, pl["url"]))
-
-    # stage 4: a small MAE on the pool's sections, embeddings, and the first k-center core-set
-    emb = stages.run_embed(spec, progress=_progress(args))
-    _print_embedding(emb)
-    sel = stages.run_select(spec, round_index=1, progress=_progress(args))
-    print(f"core-set, round 1 ({sel['method']}): patches {sel['patch_ids']} -> {sel['url']}\n  picture: {sel['picture']}")
-    print(f"open in napari: napari --plugin napari-ome-zarr {out} {pl['url']}")
-    return 0
+    # the whole loop on it: alseg run with the demo's spec (written beside the volume, rerunnable)
+    spec_path = Path(args.dir) / "demo.yaml"
+    text = DEMO_SPEC.format(volume=out.resolve(), run=(Path(args.dir) / "run").resolve())
+    if not spec_path.exists() or spec_path.read_text() != text:
+        spec_path.write_text(text)
+    print(f"job spec -> {spec_path} (rerun: alseg run {spec_path}; progress: alseg status {Path(args.dir) / 'run'})")
+    spec = _checked_spec(str(spec_path))
+    return run_spec(spec, progress=_progress(args), echo=_training_echo(args))
 
 
 def _print_scores(scores: dict) -> None:
@@ -229,14 +241,13 @@ def _checked_spec(path: str):
 
 def cmd_pseudolabel(args: argparse.Namespace) -> int:
     """Pseudo-labels for a job spec's input, into its run directory; scored when it names ground truth."""
-    from alseg import stages
 
     spec = _checked_spec(args.spec)
-    pl = stages.run_pseudolabels(spec, progress=_progress(args))
+    pl = run_pseudolabels(spec, progress=_progress(args))
     print(f"pseudo-labels ({pl['method']}) -> {pl['url']}" + ("  (reused: same signature)" if pl["reused"] else ""))
     _print_summary("pseudo-labels", {k: pl[k] for k in ("objects", "pieces_2d", "links")})
     if spec.input.ground_truth is not None:
-        _print_scores(stages.evaluate(spec, pl["url"]))
+        _print_scores(evaluate(spec, pl["url"]))
     return 0
 
 
@@ -255,10 +266,9 @@ def _training_echo(args: argparse.Namespace):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pseudo-labels (reused when unchanged), then nnU-Net plans itself on them and pretrains."""
-    from alseg import stages
 
     spec = _checked_spec(args.spec)
-    res = stages.run_pretrain(spec, progress=_progress(args), echo=_training_echo(args))
+    res = run_pretrain(spec, progress=_progress(args), echo=_training_echo(args))
     print(f"pretrained nnU-Net -> {res['model_folder']}" + ("  (reused: same inputs)" if res["reused"] else ""))
     _print_summary("plans", {k: res[k] for k in ("cases", "patch_size", "batch_size", "features_per_stage")})
     return 0
@@ -266,15 +276,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """The whole input through the pretrained nnU-Net, block by block, then 3D instances; scored on the held-out region."""
-    from alseg import stages
 
     spec = _checked_spec(args.spec)
-    res = stages.run_predict(spec, progress=_progress(args))
+    res = run_predict(spec, progress=_progress(args))
     print(f"prediction -> {res['classes']} (classes), {res['instances']} ({res['objects']} instances)")
     if spec.input.ground_truth is not None:
         held = spec.patches.holdout is not None
         print("on the held-out region:" if held else "on the whole volume:")
-        _print_scores(stages.evaluate(spec, res["instances"], holdout_only=held))
+        _print_scores(evaluate(spec, res["instances"], holdout_only=held))
     return 0
 
 
@@ -290,24 +299,32 @@ def _print_embedding(info: dict) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Train the MAE on the candidate pool (or load embedding.weights_path) and embed every candidate patch."""
-    from alseg import stages
 
     spec = _checked_spec(args.spec)
-    _print_embedding(stages.run_embed(spec, progress=_progress(args)))
+    _print_embedding(run_embed(spec, progress=_progress(args)))
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     """Pick a round's patches for annotation by the spec's selection strategy."""
-    from alseg import stages
 
     spec = _checked_spec(args.spec)
-    res = stages.run_select(spec, round_index=args.round, progress=_progress(args))
+    res = run_select(spec, round_index=args.round, progress=_progress(args))
     print(f"round {res['round']} ({res['method']}): patches {res['patch_ids']} -> {res['url']}"
           + ("  (reused: same inputs)" if res["reused"] else ""))
     if res.get("picture"):
         print(f"  picture: {res['picture']}")
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole job (or what is left of it): every stage whose inputs changed, in order."""
+    return run_spec(_checked_spec(args.spec), progress=_progress(args), echo=_training_echo(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Each stage and round of a job: done, stale (and why) or pending, with wall times."""
+    return print_status(spec_of(args.target))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -432,6 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
             "round, into <run dir>/selection/round-NN.json with a picture of the embedding store (round-NN.png).")
     p.add_argument("spec", help="path of the YAML job spec")
     p.add_argument("--round", type=int, default=1, help="active-learning round (earlier rounds must exist; default 1)")
+
+    p = add("run", cmd_run, "run the whole job: pseudo-labels, pretraining, MAE, rounds of selection, annotation and "
+            "fine-tuning, prediction, evaluation",
+            "Run every stage of the job in order, or resume it: a stage whose spec fields and upstream artefacts are "
+            "unchanged is reused, a changed field re-runs exactly the stages downstream of it. Round 0 evaluates the "
+            "pretrained model alone; each of selection.rounds rounds selects patches from those not yet annotated, has "
+            "them annotated (simulated: ground truth; manual: exported for napari / micro-SAM, then the job stops until "
+            "'alseg import'), fine-tunes nnU-Net on everything annotated so far and scores it on the held-out region; "
+            "the final model predicts the whole volume. Prints the round table.")
+    p.add_argument("spec", help="path of the YAML job spec")
+    p = add("status", cmd_status, "say which stages and rounds of a job are done, stale or pending",
+            "For a run directory (its recorded spec) or a spec file (what would re-run under it): each stage, "
+            "done / stale (with the fields or upstream stages that changed) / pending, its wall time, and the "
+            "round table so far.")
+    p.add_argument("target", help="run directory or YAML job spec")
+    add_import_parser(sub)
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",
             "Instance matching at IoU thresholds (one-to-one, optimal), with F1, precision, recall, accuracy, "

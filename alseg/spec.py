@@ -230,6 +230,9 @@ class NnUNetSpec(_Model):
     plan_overrides: PlanOverrides = Field(default_factory=PlanOverrides)
     pretrain: TrainingSpec = Field(default_factory=TrainingSpec)
     finetune: TrainingSpec = Field(default_factory=lambda: TrainingSpec(epochs=250, learning_rate=1e-3))
+    finetune_from: Literal["pretrained", "scratch"] = Field(
+        "pretrained", description="each round fine-tunes the model pretrained on pseudo-labels, or trains from scratch "
+        "on the annotated patches alone (the paper's 'w/o pretraining' rows)")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -275,7 +278,9 @@ class _Budget(_Model):
 
 class KCenterSelection(_Budget):
     method: Literal["kcenter"] = "kcenter"
-    initial: Literal["random", "annotated"] = "random"
+    initial: Literal["random", "annotated"] = Field(
+        "annotated", description="centres the greedy starts from: the patches annotated in earlier rounds (n_initial "
+        "random picks while none is, i.e. in round 1), or n_initial random picks in every round")
     n_initial: int = Field(3, ge=1, description="random initial picks (the paper's k = 3)")
     distance: Literal["cosine", "euclidean"] = "cosine"
 
@@ -446,7 +451,7 @@ class JobSpec(_Model):
         if isinstance(self.annotation, SimulatedAnnotation) and self.input.ground_truth is None:
             raise ValueError("annotation.method 'simulated' needs input.ground_truth (the oracle's labels)")
         sel = self.selection
-        if isinstance(sel, KCenterSelection) and sel.initial == "random" and sel.n_initial > sel.budget:
+        if isinstance(sel, KCenterSelection) and sel.n_initial > sel.budget:
             raise ValueError(f"selection.n_initial ({sel.n_initial}) exceeds selection.budget ({sel.budget})")
         return self
 

@@ -2,7 +2,7 @@
 # Regenerate the committed locks from pyproject.toml: `make lock` (a few minutes, ~2.5 GB of
 # scratch space under $TMPDIR, network to the package index). Never edit the locks by hand.
 #
-#   locks/cpu.txt   alseg[dev,gcs] with the CPU build of torch: what `make test`, `make demo`, CI
+#   locks/cpu.txt   alseg[dev,gcs,annotate] with the CPU build of torch: what `make test`, `make demo`, CI
 #                   and the CPU image install (scripts/install.sh, default mode)
 #   locks/cuda.txt  alseg[dev,gcs,gpu] with PyPI's CUDA torch: the GPU workers and the GPU image
 #
@@ -32,7 +32,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 python="${PYTHON:-python3}"
 uv_version=0.13.8
-cpu_extras=dev,gcs
+cpu_extras=dev,gcs,annotate
 cuda_extras=dev,gcs,gpu
 
 say() { printf '[lock] %s\n' "$*" >&2; }

@@ -20,12 +20,12 @@ def alseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_explains_every_command():
     res = alseg("--help")
     assert res.returncode == 0
-    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo"):
+    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo", "run", "status", "import"):
         assert cmd in res.stdout
         sub = alseg(cmd, "--help")
         assert sub.returncode == 0 and len(sub.stdout) > 200, cmd
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo"}
+    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo", "run", "status", "import"}
 
 
 def test_synth_info_and_refusal_to_overwrite(tmp_path):
@@ -72,29 +72,37 @@ def test_ingest_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_writes_a_volume_ome_zarr_opens_and_reruns_without_overwriting(tmp_path, capsys):
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop_and_reruns_without_redoing_anything(tmp_path, capsys):
     assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
     first = capsys.readouterr().out
-    assert "pyramid levels   : 2" in first and "mitochondria" in first
+    assert "pyramid levels   : 1" in first and "mitochondria" in first
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
     nodes = list(Reader(parse_url(str(tmp_path / "synthetic.zarr")))())
-    assert tuple(nodes[0].data[0].shape) == (64, 512, 512)
+    assert tuple(nodes[0].data[0].shape) == (32, 256, 256)
     stamp = (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns
-    # the pseudo-label stage ran and was scored with the project's metrics
-    assert "pseudo-labels (classical)" in first and "foreground IoU" in first and "at IoU 0.5" in first
+    run = tmp_path / "run"
+    for key in ("pseudolabels", "pretrain", "mae", "embed", "evaluate-00", "select-01", "annotate-01", "finetune-01",
+                "evaluate-01", "select-02", "annotate-02", "finetune-02", "evaluate-02", "predict", "measure", "report"):
+        assert f"[{key}] done in" in first and (run / "stages" / f"{key}.json").is_file(), key
+    # the round table: round 0 (pretrained alone) and two fine-tuned rounds, scored on the held-out half
+    assert "0 (pretrained)" in first and "f1@0.5" in first
     from alseg.evaluate.metrics import evaluate_volumes
+    from alseg.preflight import holdout_of
+    from alseg.spec import load_spec
 
-    scores = evaluate_volumes(tmp_path / "synthetic.zarr" / "labels" / "mitochondria", tmp_path / "run" / "pseudolabels.zarr")
-    assert f"foreground IoU      : {scores['foreground_iou']:.4f}" in first
-    assert scores["foreground_iou"] > 0.2, "the classical default finds a good part of the synthetic mitochondria"
-    pl_stamp = (tmp_path / "run" / "pseudolabels.zarr" / "zarr.json").stat().st_mtime_ns
+    spec = load_spec(str(tmp_path / "demo.yaml"))
+    rec = json.loads((run / "stages" / "evaluate-02.json").read_text())["result"]
+    ref = evaluate_volumes(tmp_path / "synthetic.zarr" / "labels" / "mitochondria", rec["instances"],
+                           region=holdout_of(spec, (32, 256, 256)))
+    assert f"{ref['at']['0.5']['f1']:7.3f}" in first, "the table shows the held-out F1 of round 2's model"
+    assert (run / "report" / "report.html").is_file() and (run / "prediction" / "instances.csv").is_file()
     assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
     again = capsys.readouterr().out
-    assert "reused" in again and "reused: same signature" in again
+    assert "done in" not in again and again.count("done before, reused") == 17
     assert (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns == stamp
-    assert (tmp_path / "run" / "pseudolabels.zarr" / "zarr.json").stat().st_mtime_ns == pl_stamp
 
 
 def test_pseudolabel_and_evaluate_commands(tmp_path, capsys):

@@ -39,7 +39,7 @@ def test_defaults_follow_the_papers_mitoem_setup():
     spec = parse_spec(MINIMAL)
     assert spec.patches.shape_vox == (32, 512, 512)
     assert isinstance(spec.selection, KCenterSelection)
-    assert spec.selection.n_initial == 3 and spec.selection.distance == "cosine" and spec.selection.initial == "random"
+    assert spec.selection.n_initial == 3 and spec.selection.distance == "cosine" and spec.selection.initial == "annotated"
     assert spec.embedding.mask_ratio == 0.75
     assert spec.pseudolabel.method == "classical"
     assert spec.evaluation.iou_thresholds == (0.5, 0.75)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from alseg.geometry import Box
+from alseg.progress import progress_bar
 
 MEAN, STD = 0.5, 0.25
 
@@ -64,7 +65,6 @@ def training_slices(volume: Any, patches: Sequence[Any], norm: Any, img_size: in
                     progress: bool = False) -> torch.Tensor:
     """Up to ``max_slices`` pool sections drawn without replacement (seeded), prepared, as float16
     ``(N, 1, img, img)``."""
-    from tqdm.auto import tqdm
 
     pairs = [(i, z) for i, p in enumerate(patches) for z in range(p.valid.start[0], p.valid.stop[0])]
     if len(pairs) > max_slices:
@@ -74,7 +74,7 @@ def training_slices(volume: Any, patches: Sequence[Any], norm: Any, img_size: in
     by_patch: dict[int, list[tuple[int, int]]] = {}
     for row, (i, z) in enumerate(pairs):
         by_patch.setdefault(i, []).append((row, z))
-    with tqdm(total=len(pairs), desc="MAE training slices", unit="slice", disable=not progress) as bar:
+    with progress_bar(total=len(pairs), desc="MAE training slices", unit="slice", disable=not progress) as bar:
         for i, rows in by_patch.items():
             p = patches[i]
             imgs = prepare(read_sections(volume, p.valid, [z for _, z in rows]), norm, p.box.shape[1:], img_size)

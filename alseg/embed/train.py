@@ -20,6 +20,7 @@ import torch
 from alseg.embed.data import augment
 from alseg.embed.mae import MaskedAutoencoder
 from alseg.io import store as st
+from alseg.progress import progress_bar
 
 EVAL_SLICES = 64
 
@@ -101,7 +102,6 @@ def train_mae(
     shared cluster): the next call resumes where it stopped.
     Returns the per-epoch mean losses and the fixed-set reconstruction loss before and after.
     """
-    from tqdm.auto import tqdm
 
     n = len(slices)
     batch = min(spec.batch_size, n)
@@ -130,7 +130,7 @@ def train_mae(
     if state["eval_before"] is None:
         state["eval_before"] = eval_loss(model, slices, spec.mask_ratio, seed, device)
     share = slice(rank * batch // world, (rank + 1) * batch // world)
-    bar = tqdm(total=total, initial=state["epoch"] * steps_per_epoch, desc="MAE training", unit="step",
+    bar = progress_bar(total=total, initial=state["epoch"] * steps_per_epoch, desc="MAE training", unit="step",
                disable=not progress or rank != 0)
     try:
         last = spec.epochs if max_epochs is None else min(spec.epochs, state["epoch"] + max_epochs)

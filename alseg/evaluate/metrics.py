@@ -12,7 +12,12 @@ Definitions (counted over object ids actually present, background 0 excluded):
 * ``precision = TP / (TP + FP)``, ``recall = TP / (TP + FN)``, ``F1 = 2TP / (2TP + FP + FN)``,
   ``accuracy = TP / (TP + FP + FN)`` (the cell-tracking / StarDist convention);
 * ``PQ = sum of matched IoUs / (TP + FP / 2 + FN / 2)`` (Kirillov et al.);
-* foreground ``IoU`` of the binary masks ``gt > 0`` and ``pred > 0``.
+* foreground ``IoU`` of the binary masks ``gt > 0`` and ``pred > 0``;
+* the MitoEM challenge's scores at IoU 0.75, whatever the thresholds asked for (definitions and
+  sources in :mod:`alseg.evaluate.mitoem`): ``ap75``, COCO-style average precision with predicted
+  sizes as scores (101-point interpolation), and ``accuracy75``, ``TP / (TP + FP + FN)``. The
+  latter equals ``at["0.75"]["accuracy"]`` when 0.75 is among the thresholds; it is named apart
+  so that a flat ``accuracy`` never stands for one threshold silently.
 
 Empty cases are defined, never NaN: no objects on either side scores 1.0, objects on one side only 0.0.
 
@@ -42,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from alseg.errors import DataError, SpecError
+from alseg.evaluate.mitoem import challenge_scores
 from alseg.geometry import BlockGrid, Box
 from alseg.io.omezarr import Volume, open_volume
 
@@ -176,12 +182,16 @@ def foreground_iou(table: OverlapTable) -> float:
 
 
 def score_table(table: OverlapTable, thresholds: Sequence[float] = (0.5, 0.75)) -> dict[str, Any]:
-    """Every metric of a table: ``{"foreground_iou", "objects_gt", "objects_pred", "at": {t: scores}}``."""
+    """Every metric of a table: ``{"foreground_iou", "objects_gt", "objects_pred", "ap75", "accuracy75",
+    "at": {t: scores}}``."""
     thresholds = check_thresholds(thresholds)
+    challenge = challenge_scores(table)
     return {
         "foreground_iou": foreground_iou(table),
         "objects_gt": len(table.gt_sizes),
         "objects_pred": len(table.pred_sizes),
+        "ap75": challenge.ap,
+        "accuracy75": challenge.accuracy,
         "at": {f"{t:g}": match_instances(table, t)[0].as_dict() for t in thresholds},
     }
 

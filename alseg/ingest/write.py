@@ -51,6 +51,7 @@ from alseg.geometry import Box
 from alseg.ingest.sources import IMAGE_SUFFIXES, TIFF_SUFFIXES, ArraySource, SliceFolder, SliceSource, why
 from alseg.io import store as st
 from alseg.io.omezarr import Volume, check_output, create_image, create_labels, open_volume, prepare_output
+from alseg.progress import progress_bar
 from alseg.pyramid import build_pyramid
 
 KIND = "ingest"  # the output kind recorded on ingested images (only such an output is replaced by an ingest)
@@ -139,11 +140,9 @@ def _commit_labels(image_url: str, staged: str, name: str, *, overwrite: bool) -
 
 def _fill(source: SliceSource, volume: Volume, *, labels: bool, progress: bool, desc: str) -> None:
     """Copy ``source`` into ``volume`` one chunk-deep slab at a time, every slab checked."""
-    from tqdm.auto import tqdm
-
     depth = volume.chunks[0]
     total = source.shape[0]
-    with tqdm(total=total, desc=desc, unit="slice", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="slice", disable=not progress, leave=False) as bar:
         for z0 in range(0, total, depth):
             z1 = min(z0 + depth, total)
             slab = source.slab(z0, z1)

@@ -26,7 +26,7 @@ from typing import Any
 
 from urllib.parse import urlsplit
 
-from alseg.errors import StoreError
+from alseg.errors import DataError, StoreError
 from alseg.io.urls import find_credentials, redact, scrub
 
 __all__ = ["READ_ONLY_PROTOCOLS", "check_no_credentials", "exists", "filesystem", "has_content", "is_local", "join",
@@ -204,3 +204,28 @@ def _short(err: BaseException) -> str:
     """One line about a third-party error, with every URL in it redacted."""
     text = scrub(f"{type(err).__name__}: {err}").replace("\n", " ")
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def read_json(url: str | os.PathLike[str]) -> Any:
+    """A JSON file at a path or URL; :class:`DataError` naming it when it is missing or not JSON."""
+    import json
+
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "r") as fh:
+            return json.load(fh)
+    except FileNotFoundError as err:
+        raise DataError(f"{redact(str(url))}: does not exist") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{redact(str(url))}: not valid JSON ({err})") from err
+
+
+def write_json(url: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically (a temporary file beside it, then a move)."""
+    import json
+
+    fs, path = filesystem(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(f"{path}.tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    fs.mv(f"{path}.tmp", path)

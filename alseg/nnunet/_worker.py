@@ -75,21 +75,28 @@ def plan(job: dict) -> dict:
 
 
 def transfer(job: dict) -> dict:
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, preprocess
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
     from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import move_plans_between_datasets
 
-    src, dst, conf = int(job["source_id"]), int(job["dataset_id"]), job["configuration"]
-    extract_fingerprints([dst], check_dataset_integrity=True, clean=True, verbose=False)
-    move_plans_between_datasets(src, dst, job["plans"], job["plans"])
-    # the planner normally copies dataset.json beside the plans; moved plans need it too
     import os
     import shutil
 
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name, maybe_convert_to_dataset_name
 
+    src, dst, conf = int(job["source_id"]), int(job["dataset_id"]), job["configuration"]
     name = convert_id_to_dataset_name(dst)
-    shutil.copy(os.path.join(str(nnUNet_raw), name, "dataset.json"), os.path.join(str(nnUNet_preprocessed), name, "dataset.json"))
+    # the moved plans carry every statistic preprocessing and training use (spacing, intensity
+    # properties), so the target's own fingerprint is never read, only copied beside the model by
+    # the trainer: the source's stands for it. (nnU-Net's fingerprint extractor fails on a dataset
+    # without foreground, e.g. a first round whose annotated patch holds no mitochondrion.)
+    target = os.path.join(str(nnUNet_preprocessed), name)
+    os.makedirs(target, exist_ok=True)
+    source = os.path.join(str(nnUNet_preprocessed), maybe_convert_to_dataset_name(src), "dataset_fingerprint.json")
+    shutil.copy(source, os.path.join(target, "dataset_fingerprint.json"))
+    move_plans_between_datasets(src, dst, job["plans"], job["plans"])
+    # the planner normally copies dataset.json beside the plans; moved plans need it too
+    shutil.copy(os.path.join(str(nnUNet_raw), name, "dataset.json"), os.path.join(target, "dataset.json"))
     preprocess([dst], job["plans"], configurations=[conf], num_processes=[int(job.get("processes", 1))], verbose=False)
     return {}
 

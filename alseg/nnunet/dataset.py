@@ -116,11 +116,13 @@ def export_dataset(
     if annotated is not None:
         classes["ignore"] = ignore
     cases = []
+    foreground = 0
     for i, box in enumerate(boxes):
         if not image.bounds.contains(box):
             raise DataError(f"patch {box} lies outside the volume {image.shape}")
         case = f"{name}_{i:05d}"
         seg = targets(labels.read(box), boundary=boundary)
+        foreground += int(np.count_nonzero(seg == 1))
         if annotated is not None:
             seg[annotated.read(box) == 0] = ignore
         tifffile.imwrite(os.path.join(images_tr, f"{case}_0000.tif"), norm(image.read(box)))
@@ -139,4 +141,4 @@ def export_dataset(
     }
     with open(os.path.join(folder, "dataset.json"), "w") as fh:
         json.dump(meta, fh, indent=1)
-    return {**meta, "folder": folder}
+    return {**meta, "folder": folder, "foreground_voxels": foreground}

@@ -23,7 +23,7 @@ import numpy as np
 
 from alseg.blockwise import check_aligned, run_blocks
 from alseg.errors import SpecError
-from alseg.geometry import Block, BlockGrid
+from alseg.geometry import Block, BlockGrid, Box
 from alseg.nnunet.dataset import IntensityNorm
 from alseg.nnunet.paths import NnUNetDirs
 from alseg.runtime import Resources, Runner, SerialRunner
@@ -207,6 +207,7 @@ def predict_volume(
     mirroring: bool = False,
     tiling: str = "global",
     missing_chunks: str = "error",
+    region: Box | None = None,
 ) -> dict[str, Any]:
     """Predict the class map of the image into ``classes_url`` (created here on the image's grid,
     a label image of uint8 classes), block by block; resumable with ``work_dir``.
@@ -218,7 +219,11 @@ def predict_volume(
     result is nnU-Net's whole-array prediction; no halo is read, so nothing is computed twice.
     Blocks must be at least one patch wide (or span the axis). ``tiling="halo"``: every block
     runs its own sliding window over the write region grown by ``halo`` (simpler, recomputes the
-    border tiles). ``work_dir`` (needed for global tiling) holds the overhang pieces."""
+    border tiles). ``work_dir`` (needed for global tiling) holds the overhang pieces.
+
+    ``region``: predict only the blocks whose write box meets it (halo tiling, each block with the
+    context its halo gives; the rest of ``classes_url`` stays 0), e.g. the held-out evaluation
+    region of an active-learning round."""
     import json
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
@@ -245,7 +250,7 @@ def predict_volume(
     worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring))
     patch = tuple(int(p) for p in plans["configurations"][configuration]["patch_size"])
     fits = all(s >= p for s, p in zip(image.shape, patch))
-    if tiling == "global" and fits:
+    if tiling == "global" and fits and region is None:
         import tempfile
 
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
@@ -275,6 +280,7 @@ def predict_volume(
             None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b, missing_chunks),
             runner=runner, work_dir=work_dir, name="predict", desc="nnU-Net blocks",
             worker=worker, workers=workers, resources=resources,
+            select=None if region is None else (lambda b: b.write.overlaps(region)),
         )
     return {"blocks": len(results), "foreground_voxels": sum(r["foreground"] for r in results.values()), "url": classes_url}
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from alseg.errors import SpecError
 from alseg.io import store as st
+from alseg.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,6 @@ class Runner(ABC):
         weight: Callable[[WorkItem], int] | None = None,
         unit: str = "item",
     ) -> dict[str, Any]:
-        from tqdm.auto import tqdm
 
         items = list(items)
         keys = [i.key for i in items]
@@ -223,7 +223,7 @@ class Runner(ABC):
         todo = [i for i in items if i.key not in results]
         w = weight or (lambda _: 1)
         total = sum(w(i) for i in items)
-        bar = tqdm(
+        bar = progress_bar(
             total=total,
             initial=total - sum(w(i) for i in todo),
             desc=desc,

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from alseg.errors import SpecError
+from alseg.progress import progress_bar
 
 Metric = Literal["cosine", "euclidean"]
 MASKED = np.float32(-1.0)
@@ -280,9 +281,8 @@ def kcenter_greedy(
             if len(picks) < budget:
                 g.add_center(int(i))
 
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=budget, initial=len(picks), desc="k-center", unit="pick", disable=not progress)
+    bar = progress_bar(total=budget, initial=len(picks), desc="k-center", unit="pick", disable=not progress)
     try:
         while len(picks) < budget:
             i, dist = g.farthest()

@@ -24,7 +24,7 @@ def _spec(tmp_path, run, workers):
 
 def test_two_ranks_follow_one_process(tmp_path, ray_cluster):
     from alseg.embed.train import load_bytes
-    from alseg.stages import run_mae
+    from alseg.pipeline.embedding import run_mae
 
     one = run_mae(_spec(tmp_path, "one", 1), progress=False)
     two = run_mae(_spec(tmp_path, "two", 2), runner=ray_cluster, progress=False)

@@ -99,7 +99,7 @@ def test_store_refuses_stale_signatures(tmp_path):
 
 
 def test_embed_stage_is_deterministic_reused_and_invalidated(tmp_path, ray_cluster):
-    from alseg.stages import run_embed
+    from alseg.pipeline.embedding import run_embed
 
     spec = _spec(tmp_path)
     info = run_embed(spec, progress=False)
@@ -129,7 +129,7 @@ def test_select_stage_rounds_picture_and_reference(tmp_path):
     from PIL import Image
 
     from alseg.embed import EmbeddingStore
-    from alseg.stages import run_select
+    from alseg.pipeline.selection import run_select
     from tests.helpers.kcenter_reference import reference_kcenter
 
     spec = _spec(tmp_path)
@@ -148,7 +148,7 @@ def test_select_stage_rounds_picture_and_reference(tmp_path):
 
 def test_random_selection_needs_no_mae_and_uncertainty_asks_for_scores(tmp_path):
     from alseg.errors import SpecError
-    from alseg.stages import run_select
+    from alseg.pipeline.selection import run_select
 
     spec = _spec(tmp_path)
     spec = spec.model_copy(update={"selection": parse_spec({**spec.model_dump(mode="json"),

@@ -30,7 +30,7 @@ def _spec(url, run):
 def test_vnc_embeddings_learn_repeat_and_select_like_the_reference(vnc_zarr, tmp_path):
     from alseg.embed import EmbeddingStore
     from alseg.select import kcenter_greedy
-    from alseg.stages import run_embed
+    from alseg.pipeline.embedding import run_embed
     from tests.helpers.kcenter_reference import reference_kcenter
 
     first = run_embed(_spec(vnc_zarr, tmp_path / "a"), progress=False)

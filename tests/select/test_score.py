@@ -84,7 +84,7 @@ def test_mc_dropout_needs_dropout_layers_and_is_seeded(models):
 
 def test_scores_stage_feeds_the_uncertainty_strategies(models, tmp_path):
     from alseg.spec import parse_spec
-    from alseg.stages import run_scores, run_select
+    from alseg.pipeline.selection import run_scores, run_select
 
     def spec(selection, overwrite=False):  # a second selection in the same run dir takes it over (run.overwrite)
         return parse_spec({"input": {"url": models["url"]}, "run": {"dir": str(tmp_path / "run"), "overwrite": overwrite},

@@ -1,0 +1,96 @@
+"""Stage 7: a volume (or a region of it) through a trained nnU-Net, block by block, then 3D instances."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from alseg.blockwise import map_volume
+from alseg.errors import SpecError
+from alseg.geometry import Box
+from alseg.io import store as st
+from alseg.io.omezarr import create_label_image
+from alseg.pipeline.common import device_for, input_volume, nnunet_dirs
+from alseg.pyramid import build_pyramid
+from alseg.rundir import claim
+from alseg.runtime import Runner
+from alseg.spec import JobSpec
+
+
+def _classes_to_mask(classes: np.ndarray, value: int = 1) -> np.ndarray:
+    return (classes == value).astype(np.uint8)
+
+
+def pretrained_model(spec: JobSpec) -> tuple[str, dict[str, float]]:
+    """The pretrained nnU-Net's model folder and intensity normalisation (from ``pretrain.json``)."""
+    record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
+    if not os.path.isfile(record_path):
+        raise SpecError("no trained model in the run directory: run the pretraining stage first (alseg pretrain)")
+    with open(record_path) as fh:
+        record = json.load(fh)
+    return record["model_folder"], record["norm"]
+
+
+def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | None = None, runner: Runner | None = None,
+                progress: bool = True, out_dir: str | None = None, region: Box | None = None,
+                work_key: str | None = None) -> dict[str, Any]:
+    """Stage 7: the volume through a trained nnU-Net, block by block, then 3D instances.
+
+    Writes ``classes.zarr`` (uint8 class map), ``mask.zarr`` (mitochondria class) and
+    ``instances.zarr`` (stitched instances, optionally split by the seeded watershed) into
+    ``out_dir`` (default ``<run dir>/prediction``), each an OME-Zarr label image with a pyramid.
+    Uses the pretrained model unless ``model_folder`` (and its ``norm``) are given. ``region``
+    predicts only the blocks that meet it (an active-learning round's held-out region). Resumable:
+    block records live under ``<run dir>/work/predict/<work_key>`` (default: the model's dataset),
+    so a new ``work_key`` recomputes every block into the same outputs.
+    """
+    from alseg.nnunet import IntensityNorm
+    from alseg.nnunet.predict import predict_volume
+    from alseg.postprocess.stitch import label_components
+    from alseg.runtime import runner_from_spec
+
+    claim(spec)
+    if model_folder is None:
+        model_folder, norm = pretrained_model(spec)
+    if norm is None:
+        raise SpecError("predicting with a given model folder needs its intensity normalisation")
+    own = runner is None
+    runner = runner or runner_from_spec(spec.resources, progress=progress)
+    out_dir = out_dir or st.join(spec.run.dir, "prediction")
+    work = st.join(spec.run.dir, "work", "predict", work_key or os.path.basename(os.path.dirname(model_folder)))
+    try:
+        res, device = device_for(spec.resources.prediction, spec.nnunet.device, label="resources.prediction")
+        workers = spec.resources.prediction.workers or runner.capacity(res)
+        p = spec.prediction
+        classes_url = st.join(out_dir, "classes.zarr")
+        predict_volume(model_folder, spec.input.url, classes_url, norm=IntensityNorm(**norm), block_shape=p.block_shape_vox,
+                       halo=p.halo_vox, level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
+                       device=device, mirroring=p.mirroring, tiling=p.tiling, missing_chunks=spec.input.missing_chunks,
+                       region=region)
+        build_pyramid(classes_url, kind="mode", runner=runner, work_dir=work)
+        image = input_volume(spec)
+        q = spec.postprocess
+        mask_url = st.join(out_dir, "mask.zarr")
+        if not st.exists(st.join(mask_url, "zarr.json")):
+            create_label_image(mask_url, like=image, chunks=q.block_shape_vox, dtype="uint8", name="mitochondria-mask", kind="prediction")
+        map_volume(_classes_to_mask, [classes_url], mask_url, block_shape=q.block_shape_vox, runner=runner, work_dir=work, name="mask")
+        inst_url = st.join(out_dir, "instances.zarr")
+        if not st.exists(st.join(inst_url, "zarr.json")):
+            create_label_image(inst_url, like=image, chunks=q.block_shape_vox, name="mitochondria", kind="prediction")
+        if q.watershed == "none":
+            info = label_components(mask_url, inst_url, block_shape=q.block_shape_vox, work_dir=st.join(work, "instances"),
+                                    connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
+        elif q.watershed == "distance":
+            from alseg.postprocess.watershed import split_instances
+
+            info = split_instances(mask_url, inst_url, block_shape=q.block_shape_vox, halo=q.halo_vox, work_dir=st.join(work, "instances"),
+                                   seed_distance_nm=q.seed_distance_nm, connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
+        else:
+            raise SpecError("postprocess.watershed: boundary needs a boundary probability map, which prediction does not write yet; use distance")
+        return {"classes": classes_url, "mask": mask_url, "instances": inst_url, "objects": info["objects"], "model_folder": model_folder}
+    finally:
+        if own:
+            runner.close()

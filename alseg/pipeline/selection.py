@@ -1,0 +1,146 @@
+"""Stage 4c: uncertainty scores of the pool and each round's picks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alseg.io import store as st
+from alseg.pipeline.common import (
+    device_for,
+    digest,
+    embedding_dir,
+    input_volume,
+    nnunet_dirs,
+    read_json,
+    selection_url,
+    write_json,
+)
+from alseg.pipeline.embedding import run_embed
+from alseg.rundir import claim
+from alseg.spec import JobSpec
+
+
+def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Uncertainty of every candidate patch under a trained nnU-Net (the pretrained one unless
+    ``model_folder`` and its ``norm`` are given): ``{"scores": {measure: list}, ...}``, kept in
+    ``<run dir>/selection/scores-<signature>.json`` and reused while model and parameters stay."""
+    import json
+    import os
+
+    from alseg import __version__
+    from alseg.errors import SpecError
+    from alseg.preflight import patch_grid_of
+    from alseg.runtime import runner_from_spec
+    from alseg.select.score import score_patches
+
+    claim(spec)
+    if model_folder is None:
+        record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
+        if not os.path.isfile(record_path):
+            raise SpecError(f"selection.method {spec.selection.method!r} ranks patches by a trained model's uncertainty: "
+                            "run the pretraining stage first (alseg pretrain)")
+        with open(record_path) as fh:
+            record = json.load(fh)
+        model_folder, norm = record["model_folder"], record["norm"]
+    if norm is None:
+        raise SpecError("scoring with a given model folder needs its intensity normalisation")
+    sel = spec.selection
+    mode, samples = (sel.mode, sel.samples) if sel.method == "bald" else ("none", 1)
+    image = input_volume(spec)
+    patches = patch_grid_of(spec, image.shape).patches()
+    checkpoint = os.path.join(model_folder, "fold_all", "checkpoint_final.pth")
+    signature = {"model": st.sha256(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
+                 "input": st.redact(spec.input.url), "level": spec.input.level, "patches": spec.patches.model_dump(mode="json"),
+                 "norm": norm, "alseg": __version__}
+    sig_sha = digest(signature)[:16]
+    url = st.join(spec.run.dir, "selection", f"scores-{sig_sha}.json")
+    if st.exists(url):
+        return {**read_json(url), "url": url, "reused": True}
+    own = runner is None
+    runner = runner or runner_from_spec(spec.resources, progress=progress)
+    try:
+        res, device = device_for(spec.resources.prediction, spec.nnunet.device, label="resources.prediction")
+        workers = spec.resources.prediction.workers or runner.capacity(res)
+        scores = score_patches(model_folder, spec.input.url, patches, norm=norm, mode=mode, samples=samples, seed=spec.run.seed,
+                               level=spec.input.level, runner=runner, work_dir=st.join(spec.run.dir, "work", "score", sig_sha),
+                               workers=workers, resources=res, device=device, missing_chunks=spec.input.missing_chunks)
+    finally:
+        if own:
+            runner.close()
+    record = {"signature": signature, "model_folder": model_folder, "mode": mode, "samples": samples,
+              "scores": {k: v.tolist() for k, v in scores.items()}}
+    write_json(url, record)
+    return {**record, "url": url, "reused": False}
+
+
+def annotated_before(spec: JobSpec, round_index: int) -> list[int]:
+    """Patch ids selected in rounds ``1 .. round_index - 1`` (they must all exist)."""
+    from alseg.errors import SpecError
+
+    out: list[int] = []
+    for r in range(1, round_index):
+        url = selection_url(spec, r)
+        if not st.exists(url):
+            raise SpecError(f"selection round {r} is missing ({st.redact(url)}): select round {r} first")
+        out += read_json(url)["patch_ids"]
+    return out
+
+
+def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
+               picture: bool = True) -> dict[str, Any]:
+    """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
+    (patch ids, their boxes, the method's details) and draw ``round-NN.png``. Reused when unchanged."""
+    import numpy as np
+
+    from alseg.embed import EmbeddingStore
+    from alseg.errors import SpecError
+    from alseg.select import needs_embeddings, select_patches, uncertainty_measure
+
+    claim(spec)
+    strategy = spec.selection
+    if not 1 <= round_index <= strategy.rounds:
+        raise SpecError(f"selection round {round_index} outside 1..{strategy.rounds} (selection.rounds)")
+    annotated = annotated_before(spec, round_index)
+    emb = None
+    store_sig = None
+    boxes = None
+    store_url = st.join(embedding_dir(spec), "embeddings.zarr")
+    if needs_embeddings(strategy) or (picture and st.exists(st.join(store_url, "zarr.json"))):
+        # diversity needs the store (made or reused here); others draw it only when it is already there
+        store_url = run_embed(spec, progress=progress)["url"]
+        store = EmbeddingStore.open(store_url)
+        emb, boxes, store_sig = store.load(), store.boxes, store.meta["signature_sha256"]
+    if uncertainty_measure(strategy) is not None and scores is None:
+        scores = run_scores(spec, progress=progress)["scores"]
+    if boxes is None:
+        from alseg.preflight import patch_grid_of
+
+        image = input_volume(spec)
+        boxes = np.asarray([(*p.valid.start, *p.valid.stop) for p in patch_grid_of(spec, image.shape).patches()])
+    n = len(boxes)
+    seed = spec.run.seed * 1000 + round_index
+    signature = digest({"strategy": strategy.model_dump(mode="json"), "embeddings": store_sig, "annotated": annotated,
+                         "seed": seed, "scores": None if scores is None else digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
+    url = selection_url(spec, round_index)
+    if st.exists(url):
+        prev = read_json(url)
+        if prev.get("signature_sha256") == signature:
+            return {**prev, "url": url, "reused": True}
+    sel = select_patches(strategy, n=n, embeddings=emb, scores=scores, annotated=annotated, seed=seed, progress=progress)
+    ids = [int(i) for i in sel.picks]
+    record = {"round": round_index, "method": sel.method, "patch_ids": ids,
+              "boxes": [[int(v) for v in boxes[i]] for i in ids], "annotated_before": annotated, "detail": sel.detail,
+              "seed": seed, "signature_sha256": signature}
+    if picture and emb is not None:
+        from alseg.embed.picture import draw, pca_2d, thumbnail
+        from alseg.geometry import Box
+
+        image = input_volume(spec)
+        thumbs = {i: thumbnail(image, Box(tuple(boxes[i][:3]), tuple(boxes[i][3:]))) for i in ids[:6]}
+        png = st.join(spec.run.dir, "selection", f"round-{round_index:02d}.png")
+        draw(pca_2d(emb, seed=spec.run.seed), ids, png, thumbs=thumbs, annotated=annotated,
+             title=f"{spec.name}: round {round_index}, {sel.method}, {len(ids)} of {n} patches")
+        record["picture"] = png
+    write_json(url, record)
+    return {**record, "url": url, "reused": False}
