@@ -207,7 +207,7 @@ def predict_volume(
     mirroring: bool = False,
     tiling: str = "global",
     missing_chunks: str = "error",
-    region: Box | None = None,
+    region: Box | Sequence[Box] | None = None,
 ) -> dict[str, Any]:
     """Predict the class map of the image into ``classes_url`` (created here on the image's grid,
     a label image of uint8 classes), block by block; resumable with ``work_dir``.
@@ -221,15 +221,16 @@ def predict_volume(
     runs its own sliding window over the write region grown by ``halo`` (simpler, recomputes the
     border tiles). ``work_dir`` (needed for global tiling) holds the overhang pieces.
 
-    ``region``: predict only the blocks whose write box meets it (halo tiling, each block with the
-    context its halo gives; the rest of ``classes_url`` stays 0), e.g. the held-out evaluation
-    region of an active-learning round."""
+    ``region`` (a box or several): predict only the blocks whose write box meets it (halo tiling,
+    each block with the context its halo gives; the rest of ``classes_url`` stays 0), e.g. the
+    held-out evaluation region of an active-learning round, or the patches picked for annotation."""
     import json
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
 
     image = open_volume(image_url, level=level)
     grid = BlockGrid(image.shape, block_shape, halo)
+    regions = [region] if isinstance(region, Box) else list(region or [])
     with open(os.path.join(model_folder, "plans.json")) as fh:
         plans = json.load(fh)
     configuration = os.path.basename(os.path.normpath(model_folder)).split("__")[-1]
@@ -280,7 +281,7 @@ def predict_volume(
             None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b, missing_chunks),
             runner=runner, work_dir=work_dir, name="predict", desc="nnU-Net blocks",
             worker=worker, workers=workers, resources=resources,
-            select=None if region is None else (lambda b: b.write.overlaps(region)),
+            select=None if region is None else (lambda b: any(b.write.overlaps(r) for r in regions)),
         )
     return {"blocks": len(results), "foreground_voxels": sum(r["foreground"] for r in results.values()), "url": classes_url}
 

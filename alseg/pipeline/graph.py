@@ -115,8 +115,13 @@ def plan(spec: JobSpec) -> list[Stage]:
             up.append(_model_key(r - 1))
         out.append(Stage(f"select-{r:02d}", f"round {r}: selection", INPUT + ("patches", "selection", "run.seed"), tuple(up),
                          _select_action(r), exclude=("selection.rounds",)))
-        out.append(Stage(f"annotate-{r:02d}", f"round {r}: annotation", ("annotation", "input.ground_truth"),
-                         (f"select-{r:02d}",), lambda s, c, r=r: run_annotation(s, r, c.result(f"select-{r:02d}"))))
+        manual_start = spec.annotation.method == "manual" and r > 1  # starting labels: the previous round's model
+        out.append(Stage(f"annotate-{r:02d}", f"round {r}: annotation",
+                         ("annotation", "input.ground_truth") + (("prediction", "postprocess") if manual_start else ()),
+                         (f"select-{r:02d}",) + ((_model_key(r - 1),) if manual_start else ()),
+                         lambda s, c, r=r, m=manual_start: run_annotation(
+                             s, r, c.result(f"select-{r:02d}"), model=c.result(_model_key(r - 1)) if m else None,
+                             runner=c.runner, progress=c.progress)))
         ft_fields = INPUT + ("patches", "nnunet.configuration", "nnunet.boundary_class", "nnunet.finetune", "nnunet.finetune_from")
         ft_up = tuple([] if scratch else ["pretrain"]) + tuple(f"annotate-{q:02d}" for q in range(1, r + 1))
         out.append(Stage(f"finetune-{r:02d}", f"round {r}: fine-tuning" if not scratch else f"round {r}: training from scratch",

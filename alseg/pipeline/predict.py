@@ -35,7 +35,7 @@ def pretrained_model(spec: JobSpec) -> tuple[str, dict[str, float]]:
 
 
 def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | None = None, runner: Runner | None = None,
-                progress: bool = True, out_dir: str | None = None, region: Box | None = None,
+                progress: bool = True, out_dir: str | None = None, region: Box | list[Box] | None = None,
                 work_key: str | None = None) -> dict[str, Any]:
     """Stage 7: the volume through a trained nnU-Net, block by block, then 3D instances.
 
@@ -43,7 +43,7 @@ def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | 
     ``instances.zarr`` (stitched instances, optionally split by the seeded watershed) into
     ``out_dir`` (default ``<run dir>/prediction``), each an OME-Zarr label image with a pyramid.
     Uses the pretrained model unless ``model_folder`` (and its ``norm``) are given. ``region``
-    predicts only the blocks that meet it (an active-learning round's held-out region). Resumable:
+    predicts only the blocks that meet it (a round's held-out region, or the patches to annotate). Resumable:
     block records live under ``<run dir>/work/predict/<work_key>`` (default: the model's dataset),
     so a new ``work_key`` recomputes every block into the same outputs.
     """

@@ -26,16 +26,25 @@ def picks_of(selection: dict[str, Any]) -> list[tuple[int, Box]]:
     return [(int(i), Box(tuple(b[:3]), tuple(b[3:]))) for i, b in zip(selection["patch_ids"], selection["boxes"])]
 
 
-def run_annotation(spec: JobSpec, round_index: int, selection: dict[str, Any]) -> dict[str, Any]:
+def run_annotation(spec: JobSpec, round_index: int, selection: dict[str, Any], *, model: dict[str, Any] | None = None,
+                   runner: Runner | None = None, progress: bool = True) -> dict[str, Any]:
     """Annotate a round's picks: ground truth copied (``simulated``), or the labels imported by
-    ``alseg import`` (``manual``); without an import yet, export the round and stop."""
+    ``alseg import`` (``manual``); without an import yet, export the round and stop. The starting
+    labels of a manual round are the instances of ``model`` (the previous round's) on the picks,
+    or the pseudo-labels in round 1."""
     picks = picks_of(selection)
     if spec.annotation.method == "simulated":
         annotate.simulate_round(spec, round_index, picks)
     else:
         stored = [(pid, box) for pid, box, r in annotate.annotated_patches(spec) if r == round_index]
         if not stored:
-            folder = annotate.export_round(spec, round_index, picks, pseudolabels_url(spec))
+            start = pseudolabels_url(spec)
+            if model is not None:
+                out_dir = st.join(spec.run.dir, "rounds", f"round-{round_index:02d}", "start")
+                start = run_predict(spec, model_folder=model["model_folder"], norm=model["norm"], runner=runner, progress=progress,
+                                    out_dir=out_dir, region=[box for _, box in picks],
+                                    work_key=f"start-{round_index:02d}-{selection.get('signature_sha256', 'x')[:12]}")["instances"]
+            folder = annotate.export_round(spec, round_index, picks, start)
             raise AwaitingAnnotation(
                 f"round {round_index}: {len(picks)} patches to annotate in {st.redact(folder)} (its README.txt says how, "
                 f"with napari or micro-SAM); then: alseg import {st.redact(spec.run.dir)} {st.redact(folder)} "

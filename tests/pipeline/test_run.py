@@ -44,7 +44,7 @@ def _spec_dict(tmp_path: Path, **over) -> dict:
                                                          "features_per_stage": [4, 8, 16]},
                     "pretrain": TRAIN, "finetune": {**TRAIN, "learning_rate": 0.003}},
          "embedding": TINY_VIT,
-         "selection": {"method": "kcenter", "budget": 1, "rounds": 2},
+         "selection": {"method": "kcenter", "budget": 1, "n_initial": 1, "rounds": 2},
          "prediction": {"block_shape_vox": [8, 32, 32], "halo_vox": [2, 8, 8]},
          "postprocess": {"block_shape_vox": [8, 32, 32], "min_size_vox": 5},
          "resources": {"backend": "serial"}}
@@ -157,7 +157,7 @@ def test_changing_mirroring_reruns_prediction_and_retrains_nothing(finished):
 
 def test_a_killed_driver_resumes_in_round_two_and_reuses_everything_before(tmp_path):
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(_spec_dict(tmp_path, **{"selection.method": "random",
+    spec_path.write_text(yaml.safe_dump(_spec_dict(tmp_path, **{"selection": {"method": "random", "budget": 1, "rounds": 2},
                                                                 "nnunet.finetune.epochs": 3})))
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -193,7 +193,7 @@ def test_manual_round_trip_stops_imports_and_finetunes_on_exactly_the_imported_l
     from alseg.cli import main
 
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(_spec_dict(tmp_path, **{"selection.method": "random", "selection.rounds": 1,
+    spec_path.write_text(yaml.safe_dump(_spec_dict(tmp_path, **{"selection": {"method": "random", "budget": 1, "rounds": 2},
                                                                 "annotation": {"method": "manual"}})))
     assert main(["run", str(spec_path), "-q"]) == 0, "the job stops for the annotator with exit code 0"
     out = capsys.readouterr().out
@@ -211,7 +211,14 @@ def test_manual_round_trip_stops_imports_and_finetunes_on_exactly_the_imported_l
     assert main(["import", str(tmp_path / "run"), str(package)]) == 0
     assert main(["run", str(spec_path), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "[finetune-01] done in" in out and "[predict] done in" in out
+    assert "[finetune-01] done in" in out and "round 2: 1 patches to annotate" in out, "stops again for round 2"
     [label] = sorted((tmp_path / "run" / "nnunet" / "raw" / "Dataset101_round01" / "labelsTr").glob("*.tif"))
     assert np.array_equal(tifffile.imread(label), (edited > 0).astype(np.uint8)), "fine-tuning saw exactly the import"
-    assert read_record(parse_spec(yaml.safe_load(spec_path.read_text())), "finetune-01")["result"]["patch_ids"] == [patch["id"]]
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    assert read_record(spec, "finetune-01")["result"]["patch_ids"] == [patch["id"]]
+    # round 2 starts from round 1's model: its instances on the new pick
+    [second] = json.loads((tmp_path / "run" / "annotation" / "round-02" / "manifest.json").read_text())["patches"]
+    z0, y0, x0, z1, y1, x1 = second["box"]
+    start = open_volume(tmp_path / "run" / "rounds" / "round-02" / "start" / "instances.zarr").read()[z0:z1, y0:y1, x0:x1]
+    initial = tifffile.imread(tmp_path / "run" / "annotation" / "round-02" / "initial" / f"{patch_stem(second['id'])}.tif")
+    assert np.array_equal(initial > 0, start > 0)
