@@ -18,7 +18,7 @@ Distances, defined once and used by every implementation that must agree bit for
 Chosen points and excluded points get a distance of -1 and are never picked again (duplicates of a
 chosen point keep their own, tiny, distance and are picked only when nothing else is left).
 
-Which product is fastest was measured, not assumed (``benchmarks/select.py``, 2-core CPU, one
+Which product is fastest was measured, not assumed (``benchmarks/coreset.py``, 2-core CPU, one
 million rows of 256): a greedy step is one BLAS ``sgemv`` per chunk of rows, kept in cache while
 the minimum is updated (55 ms; ``faiss.pairwise_distances`` 65 ms, ``torch.mv`` 148 ms). The
 distances to an annotated set are one ``sgemm`` per chunk (0.90 s for 256 centres; FAISS's flat
@@ -132,7 +132,7 @@ class _Greedy:
 
         The same distances as :meth:`add_center` one by one, up to the last bit of the dot
         products (sgemm and sgemv sum in different orders); 17x faster for 256 centres on a
-        million rows (``benchmarks/select.py``).
+        million rows (``benchmarks/coreset.py``).
         """
         idx = [int(i) for i in idx]
         for c0 in range(0, len(idx), batch):

@@ -1,24 +1,41 @@
-"""FLOPs of one forward pass of the default-plan network (nnU-Net's own builder), per patch and per voxel."""
-import json, sys, torch
-from torch.utils.flop_counter import FlopCounterMode
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+"""FLOPs of one forward pass of the default-plan network (nnU-Net's own builder), per patch and per voxel.
 
-plans = json.load(open(sys.argv[1] + "/nnUNetPlans.json")); ds = json.load(open(sys.argv[1] + "/dataset.json"))
-pm = PlansManager(plans); cm = pm.get_configuration("3d_fullres")
-lm = pm.get_label_manager(ds)
-net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
-                             1, lm.num_segmentation_heads, allow_init=True, deep_supervision=False)
-n_params = sum(p.numel() for p in net.parameters())
-patch = cm.patch_size
-with torch.device("meta"):
+    PYTHONPATH=. .venv/bin/python benchmarks/gpu/flops.py .gpu/plan
+"""
+
+import argparse
+import json
+import math
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("plan", help="folder with nnUNetPlans.json and dataset.json (benchmarks/gpu/make_plan.py)")
+    args = ap.parse_args()
+
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with open(f"{args.plan}/nnUNetPlans.json") as fh:
+        plans = json.load(fh)
+    with open(f"{args.plan}/dataset.json") as fh:
+        dataset = json.load(fh)
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    lm = pm.get_label_manager(dataset)
+    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                                 1, lm.num_segmentation_heads, allow_init=True, deep_supervision=False)
+    n_params = sum(p.numel() for p in net.parameters())
+    patch = cm.patch_size
     net = net.to("meta")
-    x = torch.empty(1, 1, *patch, device="meta")
-    with FlopCounterMode(display=False) as fc:
-        with torch.no_grad():
-            net(x)
-flops = fc.get_total_flops()
-vox = 1
-for p in patch: vox *= p
-print(json.dumps({"patch": patch, "params": n_params, "flops_per_patch": flops, "flops_per_patch_voxel": flops / vox,
-                  "classes": lm.num_segmentation_heads}))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(torch.empty(1, 1, *patch, device="meta"))
+    flops = fc.get_total_flops()
+    print(json.dumps({"patch": patch, "params": n_params, "flops_per_patch": flops,
+                      "flops_per_patch_voxel": flops / math.prod(patch), "classes": lm.num_segmentation_heads}))
+
+
+if __name__ == "__main__":
+    main()

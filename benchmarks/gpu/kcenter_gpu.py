@@ -1,5 +1,5 @@
 """alseg's kcenter_greedy with device="cuda": median of a few whole runs, on the same data as
-benchmarks/select.py's defaults (n 1,000,000 Gaussian rows of d 256, float32, normalised; k 1,000
+benchmarks/coreset.py's defaults (n 1,000,000 Gaussian rows of d 256, float32, normalised; k 1,000
 picks from the same 3 random starts, seed 0), plus one greedy step (torch.mv) timed with CUDA events.
 
     PYTHONPATH=. python3 benchmarks/gpu/kcenter_gpu.py --out kcenter.json
@@ -28,7 +28,7 @@ def main() -> None:
 
     from alseg.select import kcenter_greedy, normalize_rows
 
-    rng = np.random.default_rng(0)  # as benchmarks/select.py (--seed 0)
+    rng = np.random.default_rng(0)  # as benchmarks/coreset.py (--seed 0)
     raw = rng.standard_normal((args.n, args.d), dtype=np.float32)
     x = normalize_rows(raw)
     starts = rng.choice(args.n, 3, replace=False)

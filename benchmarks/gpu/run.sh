@@ -4,8 +4,8 @@
 # Installs the missing packages (wheels in .gpu/whl; SimpleITK's wheel contents as .gpu/sitk.tar.xz,
 # xz-compressed to fit the transfer limit) into /tmp/site, checks the imports, then runs
 #   1. benchmarks/gpu/mae_gpu.py              MAE training step, configs/vnc.yaml settings
-#   2. benchmarks/gpu/kcenter_gpu.py          alseg kcenter_greedy(device="cuda"), median of 3, select.py's default data
-#   3. benchmarks/select.py --gpu   k-center benchmark as committed (defaults: n 1,000,000, d 256, k 1,000)
+#   2. benchmarks/gpu/kcenter_gpu.py          alseg kcenter_greedy(device="cuda"), median of 3, coreset.py's default data
+#   3. benchmarks/coreset.py --gpu   k-center benchmark as committed (defaults: n 1,000,000, d 256, k 1,000)
 #   4. benchmarks/gpu/predict_gpu.py          nnU-Net default plan prediction, with and without mirroring
 # each under its own time limit; logs and JSON go to $OUT.
 # Before (on a CPU machine, in the repo root): .gpu/ (git-ignored) holds the wheels of what the
@@ -41,7 +41,7 @@ timeout -k 5 60 python3 benchmarks/gpu/mae_gpu.py --full-budget-s 25 --out "$OUT
 el "kcenter"
 timeout -k 5 35 python3 benchmarks/gpu/kcenter_gpu.py --out "$OUT/kcenter.json" > "$OUT/kcenter.log" 2>&1; echo "kcenter rc $?"; tail -n 20 "$OUT/kcenter.log"
 el "select"
-timeout -k 5 100 python3 benchmarks/select.py --gpu > "$OUT/select.log" 2>&1; echo "select rc $?"; tail -n 40 "$OUT/select.log"
+timeout -k 5 100 python3 benchmarks/coreset.py --gpu > "$OUT/coreset.log" 2>&1; echo "coreset rc $?"; tail -n 40 "$OUT/coreset.log"
 el "predict"
 timeout -k 5 180 python3 benchmarks/gpu/predict_gpu.py --plan .gpu/plan --out "$OUT/predict.json" > "$OUT/predict.log" 2>&1; echo "predict rc $?"
 grep -v '^ \|^{\|^}' "$OUT/predict.log" | tail -n 30

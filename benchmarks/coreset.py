@@ -1,6 +1,6 @@
 """k-center greedy: alseg's exact implementation vs the greedy written the usual way.
 
-    .venv/bin/python benchmarks/select.py [--n 1000000] [--d 256] [--k 1000] [--ref-steps 20]
+    .venv/bin/python benchmarks/coreset.py [--n 1000000] [--d 256] [--k 1000] [--ref-steps 20]
 
 On random Gaussian rows (float32), from the same 3 random starts, times
 
