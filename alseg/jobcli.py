@@ -13,8 +13,7 @@ from alseg.annotate.cli import spec_of_run
 from alseg.io import store as st
 from alseg.pipeline import job_status, run_job
 from alseg.pipeline.graph import JobOutcome
-from alseg.pipeline.records import read_record
-from alseg.preflight import patch_grid_of
+from alseg.pipeline.rounds import round_scores
 from alseg.rundir import RECORD
 from alseg.spec import JobSpec, load_spec
 
@@ -30,29 +29,16 @@ def spec_of(target: str) -> JobSpec:
 
 def round_rows(spec: JobSpec, records: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per evaluated round: annotated patches, % of the pool, the metrics."""
-    from alseg.pipeline.common import input_volume
-
-    pool = len(patch_grid_of(spec, input_volume(spec).shape).patches())
     rows = []
-    annotated = 0
-    for r in range(0, spec.selection.rounds + 1):
-        if r > 0:
-            ann = (records or {}).get(f"annotate-{r:02d}") or read_record(spec, f"annotate-{r:02d}")
-            if ann is None:
-                break
-            annotated += len(ann["result"]["patch_ids"])
-        rec = (records or {}).get(f"evaluate-{r:02d}") or read_record(spec, f"evaluate-{r:02d}")
-        if rec is None or "scores" not in rec["result"]:
-            continue
-        scores = rec["result"]["scores"]
-        row: dict[str, Any] = {"round": r, "annotated": annotated, "pool_percent": 100.0 * annotated / max(pool, 1)}
+    for rs in round_scores(spec, records):
+        row: dict[str, Any] = {"round": rs.round, "annotated": rs.annotated, "pool_percent": 100.0 * rs.annotated / max(rs.pool, 1)}
         for name, t in METRICS:
-            at = scores["at"].get(str(t)) or scores["at"].get(t)
+            at = rs.scores["at"].get(str(t))
             if at is not None and name in at:
                 row[f"{name}@{t}"] = at[name]
         for key in ("ap75", "foreground_iou"):
-            if key in scores:
-                row[key] = scores[key]
+            if key in rs.scores:
+                row[key] = rs.scores[key]
         rows.append(row)
     return rows
 

@@ -87,12 +87,6 @@ def _record_url(spec: JobSpec) -> str:
     return st.join(spec.run.dir, RECORD)
 
 
-def _read(url: str) -> dict[str, Any]:
-    fs, path = st.filesystem(url)
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
-
-
 def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths of the fields that differ between two spec dumps."""
     out = []
@@ -110,7 +104,7 @@ def ownership_problem(spec: JobSpec) -> tuple[str, str] | None:
     run = spec.run.dir
     url = _record_url(spec)
     if st.exists(url):
-        record = _read(url)
+        record = st.read_json(url)
         if record.get("job_digest") == spec.job_digest() or spec.run.overwrite:
             return None
         changed = _changed(record.get("spec", {}), spec.job_content())
@@ -138,7 +132,7 @@ def claim(spec: JobSpec) -> dict[str, Any]:
     if problem is not None:
         raise OutputExistsError(problem[1])
     url = _record_url(spec)
-    previous = _read(url) if st.exists(url) else None
+    previous = st.read_json(url) if st.exists(url) else None
     if previous is not None and previous.get("job_digest") == spec.job_digest():
         return previous
     record = {"format": FORMAT, "name": spec.name, "job_digest": spec.job_digest(), "spec": spec.job_content(),

@@ -13,7 +13,7 @@ import argparse
 from typing import Any
 
 from alseg.annotate.importer import import_round
-from alseg.annotate.layout import ids_text, read_json
+from alseg.annotate.layout import ids_text
 from alseg.errors import DataError
 from alseg.io import store as st
 from alseg.rundir import RECORD, contains
@@ -25,7 +25,7 @@ def spec_of_run(rundir: str) -> JobSpec:
     url = st.join(rundir, RECORD)
     if not st.exists(url):
         raise DataError(f"{st.redact(rundir)}: not an alseg run directory ({RECORD} is missing)")
-    record = read_json(url)
+    record = st.read_json(url)
     data = record.get("spec") if isinstance(record, dict) else None
     if not isinstance(data, dict):
         raise DataError(f"{st.redact(url)}: holds no job spec (expected a 'spec' mapping)")

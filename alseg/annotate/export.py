@@ -75,7 +75,7 @@ def export_round(spec: JobSpec, round_index: int, picks: list[tuple[int, Box]], 
     fs.makedirs(path, exist_ok=True)
     lay.write_bytes(st.join(folder, lay.README), readme(spec, folder, manifest).encode())
     manifest["created"] = lay.now()
-    lay.write_json(st.join(folder, lay.MANIFEST), manifest)  # last: the package is complete
+    st.write_json(st.join(folder, lay.MANIFEST), manifest)  # last: the package is complete
     return folder
 
 
@@ -108,7 +108,7 @@ def _reusable(folder: str, manifest: dict[str, Any]) -> bool:
     if not st.exists(url):
         return False
     try:
-        old = lay.read_json(url)
+        old = st.read_json(url)
     except DataError:
         return False
     if not isinstance(old, dict) or not isinstance(old.get("patches"), list):

@@ -110,7 +110,7 @@ def read_manifest(url: str) -> dict[str, Any]:
     where = st.redact(url)
     if not st.exists(url):
         raise DataError(f"{where}: does not exist: not an alseg annotation package (or its export did not finish)")
-    data = lay.read_json(url)
+    data = st.read_json(url)
     if not isinstance(data, dict) or data.get("format") != lay.FORMAT:
         raise DataError(f"{where}: not an alseg annotation manifest (format {lay.FORMAT!r})")
     if data.get("format_version") != lay.FORMAT_VERSION:
@@ -136,7 +136,7 @@ def check_current(spec: JobSpec, manifest: dict[str, Any], manifest_url: str) ->
     expected = spec.job_digest()
     record_url = lay.run_record_url(spec)
     if st.exists(record_url):  # the run directory's owner is the authority on which job it holds
-        expected = str(lay.read_json(record_url).get("job_digest", expected))
+        expected = str(st.read_json(record_url).get("job_digest", expected))
     if manifest["job_digest"] != expected:
         raise DataError(f"{where}: made for job spec {manifest['job_digest']}, but the run directory holds job spec "
                         f"{expected}: a stale package; export round {rnd} again")
@@ -144,7 +144,7 @@ def check_current(spec: JobSpec, manifest: dict[str, Any], manifest_url: str) ->
     if not st.exists(sel_url):
         raise DataError(f"{where}: round {rnd} has no selection in this run ({st.redact(sel_url)} is missing): the "
                         "package belongs to another run, or to a round that was discarded")
-    sel = lay.read_json(sel_url)
+    sel = st.read_json(sel_url)
     try:
         selected = {int(p): lay.box_from_list(b, st.redact(sel_url)) for p, b in zip(sel["patch_ids"], sel["boxes"], strict=True)}
     except (KeyError, TypeError, ValueError) as err:

@@ -34,7 +34,6 @@ import numpy as np
 from alseg.errors import DataError
 from alseg.geometry import Box
 from alseg.io import store as st
-from alseg.io.store import read_json, write_json  # noqa: F401 - re-exported: the package's JSON files
 from alseg.io.omezarr import Volume, open_volume
 from alseg.spec import JobSpec
 

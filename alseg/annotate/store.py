@@ -78,7 +78,7 @@ def read_imports(spec: JobSpec) -> dict[str, Any]:
     url = lay.imports_url(spec)
     if not st.exists(url):
         return {"format": RECORD_FORMAT, "store": "annotations.zarr", "rounds": [], "replaced": []}
-    data = lay.read_json(url)
+    data = st.read_json(url)
     if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or not isinstance(data.get("rounds"), list):
         raise DataError(f"{st.redact(url)}: not an alseg annotation record of format {RECORD_FORMAT}")
     return data
@@ -162,7 +162,7 @@ def commit(spec: JobSpec, round_index: int, items: Sequence[PatchLabels], *, dro
                       for r, p in sorted(rounds.items()) if p]
     data["replaced"] = replaced
     data["updated"] = stamp
-    lay.write_json(lay.imports_url(spec), data)
+    st.write_json(lay.imports_url(spec), data)
     return written
 
 

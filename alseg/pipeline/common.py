@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from alseg.io import store as st
-from alseg.io.store import read_json, write_json  # noqa: F401 - the stages' JSON records
 from alseg.spec import JobSpec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alseg.io import store as st
-from alseg.pipeline.common import device_for, digest, embedding_dir, input_norm, input_volume, read_json, write_json
+from alseg.pipeline.common import device_for, digest, embedding_dir, input_norm, input_volume
 from alseg.rundir import claim
 from alseg.spec import JobSpec
 
@@ -44,7 +44,7 @@ def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bo
                  "norm": norm.to_json(), "alseg": __version__}
     sig_sha = digest(signature)
     if st.exists(record_url) and st.exists(final):
-        record = read_json(record_url)
+        record = st.read_json(record_url)
         if record.get("signature_sha256") == sig_sha:
             return {**record, "checkpoint": final, "reused": True}
     patches = patch_grid_of(spec, image.shape).patches()
@@ -75,7 +75,7 @@ def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bo
         state = model.cpu().state_dict()
     save_bytes({"embedding_spec": e.model_dump(mode="json"), "model": state, "signature": sig_sha}, final)
     record = {"signature": signature, "signature_sha256": sig_sha, "device": device, "ranks": world, **result}
-    write_json(record_url, record)
+    st.write_json(record_url, record)
     return {**record, "checkpoint": final, "reused": False}
 
 

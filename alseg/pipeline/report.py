@@ -16,7 +16,8 @@ from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.measure import measure_instances
 from alseg.pipeline.common import input_volume
-from alseg.preflight import holdout_of, patch_grid_of
+from alseg.pipeline.rounds import round_scores
+from alseg.preflight import holdout_of
 from alseg.report import OverlaySource, RoundResult, RunSummary, StageTiming, flatten_scores, write_report
 from alseg.runtime import Runner
 from alseg.spec import JobSpec, ground_truth_url
@@ -33,21 +34,9 @@ def run_measure(spec: JobSpec, prediction: dict[str, Any], *, runner: Runner, wo
 def run_report(spec: JobSpec, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Write the run's report from its stage records; returns the URLs written."""
     image = input_volume(spec)
-    pool = len(patch_grid_of(spec, image.shape).patches())
-    rounds = []
-    annotated = 0
-    for r in range(spec.selection.rounds + 1):
-        if r > 0:
-            ann = records.get(f"annotate-{r:02d}")
-            if ann is None:
-                break
-            annotated += len(ann["result"]["patch_ids"])
-        ev = records.get(f"evaluate-{r:02d}")
-        if ev is None or "scores" not in ev["result"]:
-            continue
-        picture = (records.get(f"select-{r:02d}") or {}).get("result", {}).get("picture")
-        rounds.append(RoundResult(round=r, n_annotated_patches=annotated, pool_patches=pool,
-                                  metrics=flatten_scores(ev["result"]["scores"]), selection_picture=picture))
+    rounds = [RoundResult(round=rs.round, n_annotated_patches=rs.annotated, pool_patches=rs.pool,
+                          metrics=flatten_scores(rs.scores), selection_picture=rs.selection_picture)
+              for rs in round_scores(spec, records)]
     pl = records.get("pseudolabel-scores")
     pred = (records.get("predict") or {}).get("result")
     gt = ground_truth_url(spec)

@@ -3,6 +3,8 @@ a person and read back by ``alseg import``) and the held-out evaluation of a rou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from alseg import annotate
@@ -12,9 +14,43 @@ from alseg.io import store as st
 from alseg.pipeline.common import input_volume, pseudolabels_url
 from alseg.pipeline.evaluation import evaluate
 from alseg.pipeline.predict import run_predict
-from alseg.preflight import holdout_of
+from alseg.pipeline.records import read_record
+from alseg.preflight import holdout_of, patch_grid_of
 from alseg.runtime import Runner
 from alseg.spec import JobSpec, ground_truth_url
+
+
+@dataclass(frozen=True)
+class RoundScores:
+    """One evaluated round: its number, the patches annotated up to it, the pool, its scores."""
+
+    round: int
+    annotated: int
+    pool: int
+    scores: dict[str, Any]
+    selection_picture: str | None
+
+
+def round_scores(spec: JobSpec, records: Mapping[str, dict[str, Any]] | None = None) -> list[RoundScores]:
+    """Every evaluated round so far, from the stage records (those given, else the run's)."""
+    def record(key: str) -> dict[str, Any] | None:
+        return (records or {}).get(key) or read_record(spec, key)
+
+    pool = len(patch_grid_of(spec, input_volume(spec).shape).patches())
+    out = []
+    annotated = 0
+    for r in range(spec.selection.rounds + 1):
+        if r > 0:
+            ann = record(f"annotate-{r:02d}")
+            if ann is None:
+                break
+            annotated += len(ann["result"]["patch_ids"])
+        ev = record(f"evaluate-{r:02d}")
+        if ev is None or "scores" not in ev["result"]:
+            continue
+        picture = (record(f"select-{r:02d}") or {}).get("result", {}).get("picture") if r > 0 else None
+        out.append(RoundScores(r, annotated, pool, ev["result"]["scores"], picture))
+    return out
 
 
 class AwaitingAnnotation(AlsegError):

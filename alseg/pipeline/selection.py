@@ -5,16 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alseg.io import store as st
-from alseg.pipeline.common import (
-    device_for,
-    digest,
-    embedding_dir,
-    input_volume,
-    nnunet_dirs,
-    read_json,
-    selection_url,
-    write_json,
-)
+from alseg.pipeline.common import device_for, digest, embedding_dir, input_volume, nnunet_dirs, selection_url
 from alseg.pipeline.embedding import run_embed
 from alseg.rundir import claim
 from alseg.spec import JobSpec
@@ -56,7 +47,7 @@ def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | N
     sig_sha = digest(signature)[:16]
     url = st.join(spec.run.dir, "selection", f"scores-{sig_sha}.json")
     if st.exists(url):
-        return {**read_json(url), "url": url, "reused": True}
+        return {**st.read_json(url), "url": url, "reused": True}
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     try:
@@ -70,7 +61,7 @@ def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | N
             runner.close()
     record = {"signature": signature, "model_folder": model_folder, "mode": mode, "samples": samples,
               "scores": {k: v.tolist() for k, v in scores.items()}}
-    write_json(url, record)
+    st.write_json(url, record)
     return {**record, "url": url, "reused": False}
 
 
@@ -83,7 +74,7 @@ def annotated_before(spec: JobSpec, round_index: int) -> list[int]:
         url = selection_url(spec, r)
         if not st.exists(url):
             raise SpecError(f"selection round {r} is missing ({st.redact(url)}): select round {r} first")
-        out += read_json(url)["patch_ids"]
+        out += st.read_json(url)["patch_ids"]
     return out
 
 
@@ -124,7 +115,7 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
                          "seed": seed, "scores": None if scores is None else digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
     url = selection_url(spec, round_index)
     if st.exists(url):
-        prev = read_json(url)
+        prev = st.read_json(url)
         if prev.get("signature_sha256") == signature:
             return {**prev, "url": url, "reused": True}
     sel = select_patches(strategy, n=n, embeddings=emb, scores=scores, annotated=annotated, seed=seed, progress=progress)
@@ -142,5 +133,5 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
         draw(pca_2d(emb, seed=spec.run.seed), ids, png, thumbs=thumbs, annotated=annotated,
              title=f"{spec.name}: round {round_index}, {sel.method}, {len(ids)} of {n} patches")
         record["picture"] = png
-    write_json(url, record)
+    st.write_json(url, record)
     return {**record, "url": url, "reused": False}
