@@ -32,6 +32,7 @@ from alseg.pipeline.predict import run_predict
 from alseg.pipeline.pretrain import run_pretrain
 from alseg.pipeline.pseudolabels import run_pseudolabels
 from alseg.pipeline.selection import run_select
+from alseg.report.model import selection_line
 
 DEMO_DIR = "demo-run"
 DEMO_SHAPE = (32, 256, 256)
@@ -49,8 +50,7 @@ nnunet:
   plan_overrides: {{patch_size_vox: [16, 64, 64], batch_size: 2, n_stages: 4, features_per_stage: [8, 16, 32, 64]}}
   pretrain: {{epochs: 15, iterations_per_epoch: 10, val_iterations_per_epoch: 2, final_validation: false}}
   finetune: {{epochs: 10, iterations_per_epoch: 10, val_iterations_per_epoch: 2, learning_rate: 0.003, final_validation: false}}
-embedding: {{backbone: vit_tiny_patch16_224, img_size_px: 64, epochs: 10, batch_size: 32, warmup_epochs: 1,
-            learning_rate: 0.001, slices_per_patch: 4}}
+embedding: {{epochs: 20, batch_size: 32, slices_per_patch: 4}}   # the conv MAE at 18 nm pixels (32 px inputs)
 selection: {{method: kcenter, budget: 2, n_initial: 1, rounds: 2}}
 annotation: {{method: simulated}}
 prediction: {{block_shape_vox: [16, 128, 128], halo_vox: [4, 16, 16]}}
@@ -289,19 +289,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _print_embedding(info: dict) -> None:
     mae = info["mae"]
+    reused = "  (reused: same inputs)" if mae["reused"] else ""
     if mae.get("eval_before") is not None:
-        print(f"MAE -> {mae['checkpoint']}" + ("  (reused: same inputs)" if mae["reused"] else "")
+        print(f"MAE -> {mae['checkpoint']}{reused}"
               + f"\n  reconstruction loss on fixed masked sections: {mae['eval_before']:.4f} -> {mae['eval_after']:.4f}")
-    else:
+        if mae.get("heldout_ratio") is not None:
+            print(f"  held-out sections: loss {mae['heldout_loss']:.4f}, mean predictor {mae['heldout_mean_predictor']:.4f} "
+                  f"(ratio {mae['heldout_ratio']:.3f}; 1.0 means it learned nothing)")
+    elif mae.get("source", "mae") == "mae":
         print(f"MAE -> {mae['checkpoint']} (given by embedding.weights_path)")
+    else:
+        print(f"embedding model ({mae['source']}) -> {mae['checkpoint']}{reused}")
     print(f"embeddings -> {info['url']} ({info['rows']} patches x {info['dim']})" + ("  (reused: same signature)" if info["reused"] else ""))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    """Train the MAE on the candidate pool (or load embedding.weights_path) and embed every candidate patch."""
+    """Fit the embedding model of embedding.source on the candidate pool and embed every candidate patch."""
 
     spec = _checked_spec(args.spec)
-    _print_embedding(run_embed(spec, progress=_progress(args)))
+    pretrained = None
+    if spec.embedding.source == "nnunet":
+        from alseg.pipeline.pretrain import run_pretrain
+
+        pretrained = run_pretrain(spec, progress=_progress(args))
+    _print_embedding(run_embed(spec, progress=_progress(args), pretrained=pretrained))
     return 0
 
 
@@ -314,6 +325,8 @@ def cmd_select(args: argparse.Namespace) -> int:
           + ("  (reused: same inputs)" if res["reused"] else ""))
     if res.get("picture"):
         print(f"  picture: {res['picture']}")
+    if res.get("diagnostics"):
+        print(f"  {selection_line(res['diagnostics'])}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``alseg run SPEC`` runs (or resumes) every stage of the job; ``alseg status RUNDIR|SPEC`` says
 what is done, stale (and which field made it so) or pending, with wall times; both print the
-round table (the paper's shape: each metric and its % of the best round).
+round table (the paper's shape: each metric and its % of the best round) and a line per selected
+round on what its picks hold (pseudo-label foreground and content bins against the pool's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from alseg.annotate.cli import spec_of_run
 from alseg.io import store as st
 from alseg.pipeline import job_status, run_job
 from alseg.pipeline.graph import JobOutcome
+from alseg.pipeline.records import read_record
 from alseg.pipeline.rounds import round_scores
+from alseg.report.model import selection_line
 from alseg.rundir import RECORD
 from alseg.spec import JobSpec, load_spec
 
@@ -43,6 +46,20 @@ def round_rows(spec: JobSpec, records: dict[str, dict[str, Any]] | None = None) 
     return rows
 
 
+def selection_lines(spec: JobSpec, records: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """A line per selected round whose record has diagnostics (the job has pseudo-labels)."""
+    out = []
+    for r in range(1, spec.selection.rounds + 1):
+        key = f"select-{r:02d}"
+        rec = (records or {}).get(key) or read_record(spec, key)
+        if rec is None:
+            break
+        diagnostics = rec["result"].get("diagnostics")
+        if diagnostics is not None:
+            out.append(f"round {r} selection: {selection_line(diagnostics)}")
+    return out
+
+
 def print_round_table(rows: list[dict[str, Any]], say: Callable[[str], None] = print) -> None:
     if not rows:
         say("no round evaluated yet (evaluation needs input.ground_truth)")
@@ -62,6 +79,8 @@ def print_round_table(rows: list[dict[str, Any]], say: Callable[[str], None] = p
 def summarise(spec: JobSpec, outcome: JobOutcome, say: Callable[[str], None] = print) -> None:
     """The end of a run: the round table and where the outputs are."""
     print_round_table(round_rows(spec, outcome.records), say)
+    for line in selection_lines(spec, outcome.records):
+        say(line)
     pred = outcome.records.get("predict")
     if pred is not None:
         res = pred["result"]
@@ -89,4 +108,6 @@ def print_status(spec: JobSpec, say: Callable[[str], None] = print) -> int:
         say(f"{s.key:<20} {s.state:<8} {wall:>10}  {s.title}" + (f"  [{s.detail}]" if s.detail and s.state != "done" else ""))
     say(f"wall time of the stages done: {total:.1f} s")
     print_round_table(round_rows(spec), say)
+    for line in selection_lines(spec):
+        say(line)
     return 0

@@ -4,7 +4,9 @@ A YAML file is parsed once (:func:`load_spec`) into a frozen :class:`JobSpec` an
 explicitly. Every model forbids unknown fields, so a typo is an error, not a silent default.
 Method choices are discriminated unions on a ``method`` field, each variant carrying only its own
 parameters. Defaults follow the paper's MitoEM set-up: 32 x 512 x 512 candidate patches,
-k-center greedy on cosine distance with 3 random initial picks, MAE with mask ratio 0.75.
+k-center greedy on cosine distance, MAE with mask ratio 0.75; one departure: k-center starts from
+the most central patch (``selection.start: central``) rather than the paper's 3 random picks
+(``start: random``), so that a small budget is spent on the greedy and picks do not depend on the seed.
 
 The spec never holds credentials: storage options come from the environment / fsspec
 configuration. Every URL field refuses user info (``KEY:SECRET@``, ``KEY@``) and query parameters
@@ -239,30 +241,56 @@ class NnUNetSpec(_Model):
 # embedding
 # --------------------------------------------------------------------------------------------- #
 class EmbeddingSpec(_Model):
-    """Self-supervised MAE on 2D slices of the candidate patches (timm ViT encoder)."""
+    """Embeddings of the candidate patches for diversity selection, from one of three sources.
 
-    backbone: str = Field("vit_tiny_patch16_224", description="timm model name of the encoder (a ViT with a class token)")
+    ``source: mae`` trains a self-supervised masked autoencoder on 2D sections of the pool
+    (``model: conv``, the default, or ``model: vit``, a timm ViT); ``nnunet`` pools the pretrained
+    nnU-Net's encoder features (no extra training); ``pixels`` is the trivial baseline (PCA of
+    the downsampled sections)."""
+
+    source: Literal["mae", "nnunet", "pixels"] = Field(
+        "mae", description="where patch embeddings come from: a masked autoencoder trained here, the pretrained nnU-Net's "
+        "encoder features, or a PCA of downsampled pixels (the baseline every run measures the others against)")
+    model: Literal["conv", "vit"] = Field(
+        "conv", description="the MAE: convolutional (block masking, denoised block-normalised targets) or a timm ViT")
+    pixel_size_nm: float = Field(
+        18.0, gt=0.0, description="in-plane pixel size the model sees (sections are area-averaged to it, so an "
+        "organelle spans several mask blocks); sets img_size_px when that is not given")
+    img_size_px: int | None = Field(
+        None, gt=0, description="side of the model's square input; default: the patch's y-x side at pixel_size_nm, "
+        "rounded to the model's granularity (8 px for conv, the ViT's patch size for vit)")
+    conv_width: int = Field(16, gt=0, description="conv MAE: channels of its first stage (doubled at each of 4 stages)")
+    mask_block_px: int = Field(8, gt=0, description="conv MAE: side of the square blocks that are masked")
+    target_sigma_px: float = Field(1.0, ge=0.0, description="conv MAE: Gaussian smoothing of the reconstruction target "
+                                   "(removes shot noise, which no model can predict)")
+    context: float = Field(2.0, ge=1.0, description="conv MAE: training crops span this many times the patch's side, "
+                           "at random positions in the area around it (same pixel size); 1: the patch's sections alone")
+    backbone: str = Field("vit_tiny_patch16_224", description="vit: timm model name of the encoder (a ViT with a class token)")
     backbone_args: dict[str, int | float | bool] = Field(
-        default_factory=dict, description="extra timm arguments, e.g. {embed_dim: 64, depth: 2, num_heads: 2} for a tiny encoder")
-    img_size_px: int = Field(224, gt=0, multiple_of=16)
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
-    decoder_dim: int = Field(128, gt=0)
-    decoder_depth: int = Field(2, gt=0)
-    decoder_heads: int = Field(4, gt=0)
-    epochs: int = Field(400, gt=0)
+        default_factory=dict, description="vit: extra timm arguments, e.g. {embed_dim: 64, depth: 2, num_heads: 2} for a tiny encoder")
+    mask_ratio: float = Field(0.6, gt=0.0, lt=1.0)
+    decoder_dim: int = Field(128, gt=0, description="vit: decoder width")
+    decoder_depth: int = Field(2, gt=0, description="vit: decoder blocks")
+    decoder_heads: int = Field(4, gt=0, description="vit: decoder attention heads")
+    epochs: int = Field(100, gt=0)
     batch_size: int = Field(64, gt=0)
-    learning_rate: float = Field(1.5e-4, gt=0.0)
+    learning_rate: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
-    warmup_epochs: int = Field(5, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
     max_train_slices: int = Field(4096, gt=0, description="slices sampled (seeded) from the pool to train on, held in memory at img_size_px")
-    slices_per_patch: int = Field(8, gt=0, description="evenly spaced slices embedded per 3D patch")
+    heldout_slices: int = Field(64, gt=0, description="of those, slices kept out of training to measure the MAE's loss against the mean predictor's")
+    slices_per_patch: int = Field(5, gt=0, description="evenly spaced slices embedded per 3D patch")
+    pixels_dim: int = Field(32, gt=0, description="pixels source: PCA components kept")
+    nnunet_stage: int = Field(-2, description="nnunet source: encoder stage whose features are pooled (negative: from the deepest)")
     rows_per_chunk: int = Field(1024, gt=0, description="embedding-store rows per chunk (and per work item)")
-    weights_path: str | None = Field(None, description="reuse a trained MAE checkpoint instead of training")
+    weights_path: str | None = Field(None, description="mae: reuse a trained MAE checkpoint instead of training")
 
     _url = _urls("weights_path")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "EmbeddingSpec":
+        if self.model == "conv" and self.backbone_args:
+            raise ValueError("backbone_args apply to model: vit (the timm encoder); the conv MAE takes conv_width")
         if self.decoder_dim % self.decoder_heads:
             raise ValueError(f"decoder_dim {self.decoder_dim} is not divisible by decoder_heads {self.decoder_heads}")
         return self
@@ -279,9 +307,15 @@ class _Budget(_Model):
 class KCenterSelection(_Budget):
     method: Literal["kcenter"] = "kcenter"
     initial: Literal["random", "annotated"] = Field(
-        "annotated", description="centres the greedy starts from: the patches annotated in earlier rounds (n_initial "
-        "random picks while none is, i.e. in round 1), or n_initial random picks in every round")
-    n_initial: int = Field(3, ge=1, description="random initial picks (the paper's k = 3)")
+        "annotated", description="centres the greedy starts from: the patches annotated in earlier rounds (a start "
+        "as `start` says while none is, i.e. in round 1), or a fresh start in every round (earlier rounds' patches "
+        "are still never picked again)")
+    start: Literal["random", "central", "outlier"] = Field(
+        "central", description="first pick when the greedy has no centres yet (no annotated patches in play): random "
+        "= n_initial seeded random patches (the paper's option); central = the one patch nearest the mean of the "
+        "candidates' embeddings (L2-normalised for cosine); outlier = the one patch farthest from that mean. central "
+        "and outlier do not depend on the seed and leave the rest of the budget to the greedy")
+    n_initial: int = Field(3, ge=1, description="random initial picks with start: random (the paper's k = 3)")
     distance: Literal["cosine", "euclidean"] = "cosine"
 
 
@@ -451,7 +485,7 @@ class JobSpec(_Model):
         if isinstance(self.annotation, SimulatedAnnotation) and self.input.ground_truth is None:
             raise ValueError("annotation.method 'simulated' needs input.ground_truth (the oracle's labels)")
         sel = self.selection
-        if isinstance(sel, KCenterSelection) and sel.n_initial > sel.budget:
+        if isinstance(sel, KCenterSelection) and sel.start == "random" and sel.n_initial > sel.budget:
             raise ValueError(f"selection.n_initial ({sel.n_initial}) exceeds selection.budget ({sel.budget})")
         return self
 

@@ -84,7 +84,7 @@ def test_demo_runs_the_whole_loop_and_reruns_without_redoing_anything(tmp_path, 
     assert tuple(nodes[0].data[0].shape) == (32, 256, 256)
     stamp = (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns
     run = tmp_path / "run"
-    for key in ("pseudolabels", "pretrain", "mae", "embed", "evaluate-00", "select-01", "annotate-01", "finetune-01",
+    for key in ("pseudolabels", "pretrain", "embed-model", "embed", "embed-quality", "evaluate-00", "select-01", "annotate-01", "finetune-01",
                 "evaluate-01", "select-02", "annotate-02", "finetune-02", "evaluate-02", "predict", "measure", "report"):
         assert f"[{key}] done in" in first and (run / "stages" / f"{key}.json").is_file(), key
     # the round table: round 0 (pretrained alone) and two fine-tuned rounds, scored on the held-out half
@@ -101,7 +101,7 @@ def test_demo_runs_the_whole_loop_and_reruns_without_redoing_anything(tmp_path, 
     assert (run / "report" / "report.html").is_file() and (run / "prediction" / "instances.csv").is_file()
     assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
     again = capsys.readouterr().out
-    assert "done in" not in again and again.count("done before, reused") == 17
+    assert "done in" not in again and again.count("done before, reused") == 18
     assert (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns == stamp
 
 

@@ -9,6 +9,8 @@ standardised as ``(x - 0.5) / 0.25`` of the normalised intensity.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,28 @@ from alseg.geometry import Box
 from alseg.progress import progress_bar
 
 MEAN, STD = 0.5, 0.25
+
+
+def granularity(spec: Any) -> int:
+    """The input side must be a multiple of this: the conv MAE's mask block and stride, or the ViT's patch."""
+    if spec.model == "conv":
+        return math.lcm(int(spec.mask_block_px), 8)
+    size = spec.backbone_args.get("patch_size")
+    if size is None:
+        found = re.search(r"patch(\d+)", spec.backbone)
+        size = int(found.group(1)) if found else 16
+    return int(size)
+
+
+def input_side(spec: Any, patch_yx: Sequence[int], voxel_yx_nm: Sequence[float]) -> int:
+    """The model's square input side: ``spec.img_size_px`` when given, else the patch's larger y-x
+    side resampled to ``spec.pixel_size_nm``, rounded to the nearest multiple of :func:`granularity`
+    (at least one)."""
+    if spec.img_size_px is not None:
+        return int(spec.img_size_px)
+    g = granularity(spec)
+    side = max(int(n) * float(v) for n, v in zip(patch_yx, voxel_yx_nm)) / float(spec.pixel_size_nm)
+    return int(max(g, g * round(side / g)))
 
 
 def slice_indices(valid: Box, slices: int) -> list[int]:
@@ -61,25 +85,77 @@ def patch_inputs(volume: Any, valid: Box, nominal_yx: Sequence[int], norm: Any, 
     return prepare(read_sections(volume, valid, slice_indices(valid, slices)), norm, nominal_yx, img_size)
 
 
+def context_box(patch: Any, context: float, bounds: Box, avoid: Box | None) -> tuple[Box, tuple[int, int]]:
+    """The patch's valid box widened in y and x to ``context`` times its nominal side, centred on
+    it and shifted to stay inside ``bounds`` (the volume); its nominal y x size. The patch itself
+    when ``context`` is 1 or the widened box would reach into ``avoid`` (a held-out box)."""
+    nominal = tuple(int(n) for n in patch.box.shape[1:])
+    if context <= 1.0:
+        return patch.valid, nominal
+    want = [int(round(n * context)) for n in nominal]
+    start, stop = [patch.valid.start[0]], [patch.valid.stop[0]]
+    for a, w in zip((1, 2), want):
+        lo, hi = bounds.start[a], bounds.stop[a]
+        w = min(w, hi - lo)
+        centre = (patch.box.start[a] + patch.box.stop[a]) // 2
+        s0 = min(max(lo, centre - w // 2), hi - w)
+        start.append(s0)
+        stop.append(s0 + w)
+    box = Box(tuple(start), tuple(stop))
+    if avoid is not None and box.overlaps(avoid):
+        return patch.valid, nominal
+    return box, tuple(want)
+
+
 def training_slices(volume: Any, patches: Sequence[Any], norm: Any, img_size: int, max_slices: int, seed: int,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, *, context: float = 1.0, avoid: Box | None = None) -> torch.Tensor:
     """Up to ``max_slices`` pool sections drawn without replacement (seeded), prepared, as float16
-    ``(N, 1, img, img)``."""
+    ``(N, 1, S, S)``: each its patch's section, or with ``context`` > 1 the area ``context`` times
+    the patch's side around it (:func:`context_box`), at the same pixel size
+    (``S = round(img_size * context)``), so training crops can be drawn at random positions."""
 
     pairs = [(i, z) for i, p in enumerate(patches) for z in range(p.valid.start[0], p.valid.stop[0])]
     if len(pairs) > max_slices:
         rng = np.random.default_rng(seed)
         pairs = [pairs[j] for j in sorted(rng.choice(len(pairs), max_slices, replace=False))]
-    out = torch.empty((len(pairs), 1, img_size, img_size), dtype=torch.float16)
+    side = int(round(img_size * max(1.0, context)))
+    out = torch.empty((len(pairs), 1, side, side), dtype=torch.float16)
     by_patch: dict[int, list[tuple[int, int]]] = {}
     for row, (i, z) in enumerate(pairs):
         by_patch.setdefault(i, []).append((row, z))
+    bounds = Box((0, 0, 0), tuple(volume.shape))
     with progress_bar(total=len(pairs), desc="MAE training slices", unit="slice", disable=not progress) as bar:
         for i, rows in by_patch.items():
-            p = patches[i]
-            imgs = prepare(read_sections(volume, p.valid, [z for _, z in rows]), norm, p.box.shape[1:], img_size)
+            box, nominal = context_box(patches[i], context, bounds, avoid)
+            imgs = prepare(read_sections(volume, box, [z for _, z in rows]), norm, nominal, side)
             out[[r for r, _ in rows]] = imgs.to(torch.float16)
             bar.update(len(rows))
+    return out
+
+
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` of ``(N, 1, H, W)`` images."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    return images[..., y0 : y0 + size, x0 : x0 + size]
+
+
+def crop_augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A ``size`` x ``size`` crop at a random position of each image (no rescaling: the pixel size
+    is kept), flips and 90-degree turns; parameters drawn on the CPU from ``generator`` for the
+    whole batch, in a fixed order, as :func:`augment` does."""
+    n, _, h, w = images.shape
+    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    out = torch.empty((n, images.shape[1], size, size), dtype=images.dtype)
+    for k in range(n):
+        y0 = int(float(u[k, 0]) * (h - size + 1))
+        x0 = int(float(u[k, 1]) * (w - size + 1))
+        crop = images[k, :, y0 : y0 + size, x0 : x0 + size]
+        if u[k, 2] < 0.5:
+            crop = torch.flip(crop, dims=(-1,))
+        out[k] = torch.rot90(crop, int(float(u[k, 3]) * 4) % 4, dims=(-2, -1))
     return out
 
 

@@ -1,9 +1,9 @@
-"""Embeddings of every candidate patch, computed by workers that load the MAE once, into the store.
+"""Embeddings of every candidate patch, computed by workers that load the embedding model once, into the store.
 
-A work item is one chunk of store rows (``rows_per_chunk`` patches): its worker reads each patch's
-slices, embeds them in one batch per patch (the batch shape never depends on how patches are
-spread over workers, so a row is bit-identical however the work was split), averages the slice
-embeddings, L2-normalises, and writes the chunk whole. Completion records make a rerun compute
+A work item is one chunk of store rows (``rows_per_chunk`` patches): its worker embeds each patch
+on its own (one batch per patch: the batch shape never depends on how patches are spread over
+workers, so a row is bit-identical however the work was split), standardises the row with the
+model's fitted centre and scale, L2-normalises, and writes the chunk whole. Completion records make a rerun compute
 only missing chunks.
 """
 
@@ -15,29 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from alseg.embed.data import patch_inputs
-from alseg.embed.mae import MaskedAutoencoder, build_mae
+from alseg.embed.sources import load_embedder, standardise
 from alseg.embed.store import EmbeddingStore
-from alseg.embed.train import load_bytes
 from alseg.geometry import Box
 from alseg.select.kcenter import normalize_rows
-
-
-def load_mae(checkpoint_url: str, device: str = "cpu") -> tuple[MaskedAutoencoder, Any]:
-    """The MAE saved by the embedding stage (its architecture is stored with the weights)."""
-    from alseg.spec import EmbeddingSpec
-
-    ckpt = load_bytes(checkpoint_url)
-    spec = EmbeddingSpec.model_validate(ckpt["embedding_spec"])
-    model = build_mae(spec)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), spec
-
-
-def embed_inputs(model: MaskedAutoencoder, inputs: torch.Tensor, device: str) -> np.ndarray:
-    """One patch's slices ``(S, 1, H, W)`` to its mean slice embedding (float32, not normalised)."""
-    with torch.no_grad():
-        return model.embed(inputs.to(device)).float().mean(dim=0).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -54,15 +35,15 @@ class _EmbedJob:
 
 
 class EmbedWorker:
-    """One MAE per worker (one per GPU), loaded once, fed chunks of store rows."""
+    """One embedding model per worker (one per GPU), loaded once, fed chunks of store rows."""
 
-    def __init__(self, checkpoint_url: str, device: str = "cpu") -> None:
+    def __init__(self, checkpoint_url: str, device: str = "cpu", slices: int | None = None) -> None:
         if device.startswith("cuda"):
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
             torch.backends.cuda.matmul.allow_tf32 = False
         self.device = device
-        self.model, self.spec = load_mae(checkpoint_url, device)
+        self.embedder, self.std = load_embedder(checkpoint_url, device, slices=slices)
 
     def __call__(self, job: _EmbedJob) -> dict[str, Any]:
         from alseg.io.omezarr import open_volume
@@ -70,10 +51,9 @@ class EmbedWorker:
 
         volume = open_volume(job.image, level=job.level, missing_chunks=job.missing_chunks)
         norm = IntensityNorm(**job.norm)
-        rows = np.empty((len(job.boxes), self.model.encoder.embed_dim), dtype=np.float32)
+        rows = np.empty((len(job.boxes), self.embedder.dim), dtype=np.float32)
         for k, (start, stop, shape) in enumerate(job.boxes):
-            inputs = patch_inputs(volume, Box(tuple(start), tuple(stop)), shape[1:], norm, job.slices, self.spec.img_size_px)
-            rows[k] = embed_inputs(self.model, inputs, self.device)
+            rows[k] = standardise(self.embedder.embed_patch(volume, Box(tuple(start), tuple(stop)), shape, norm), self.std)
         EmbeddingStore.open(job.store, mode="r+").write_rows(job.start, normalize_rows(rows))
         return {"rows": len(rows)}
 
@@ -101,6 +81,6 @@ def embed_patches(
     for a, b in store.chunk_ranges():
         boxes = [(p.valid.start, p.valid.stop, p.box.shape) for p in patches[a:b]]
         items.append(WorkItem(f"rows-{a:09d}", _EmbedJob(image_url, level, store.url, a, boxes, norm, slices, missing_chunks)))
-    runner.map_workers(EmbedWorker, (checkpoint_url, device), items, workers=workers, resources=resources,
+    runner.map_workers(EmbedWorker, (checkpoint_url, device, slices), items, workers=workers, resources=resources,
                        markers=CompletionMarkers(work_dir), desc="embeddings", weight=lambda it: len(it.payload.boxes),
                        unit="patch")

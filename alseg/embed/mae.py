@@ -49,6 +49,7 @@ class MaskedAutoencoder(nn.Module):
         self.encoder = encoder
         self.patch = int(encoder.patch_embed.patch_size[0])
         self.grid = tuple(int(g) for g in encoder.patch_embed.grid_size)
+        self.img_size = self.train_side = self.grid[0] * self.patch
         n_tokens = self.grid[0] * self.grid[1]
         dim = encoder.embed_dim
         self.decoder_embed = nn.Linear(dim, decoder_dim)
@@ -111,6 +112,18 @@ class MaskedAutoencoder(nn.Module):
         m = mask.to(per_patch.dtype)
         return (per_patch * m).sum() / m.sum()
 
+    @torch.no_grad()
+    def baseline(self, imgs: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor) -> float:
+        """The loss of predicting each masked patch's own mean (zero after per-patch normalisation)."""
+        target = self.patchify(imgs)
+        target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        m = mask.to(imgs.device).to(target.dtype)
+        return float(((target**2).mean(dim=-1) * m).sum() / m.sum())
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.embed_dim)
+
     def forward(self, imgs: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The training loss (what data-parallel wrappers call)."""
         return self.loss(imgs, keep, mask)
@@ -121,8 +134,17 @@ class MaskedAutoencoder(nn.Module):
         return self._encode(imgs, None)[:, 1:, :].mean(dim=1)
 
 
-def build_mae(spec: Any) -> MaskedAutoencoder:
-    """The MAE an :class:`alseg.spec.EmbeddingSpec` describes (random initialisation)."""
+def build_mae(spec: Any) -> MaskedAutoencoder | Any:
+    """The MAE an :class:`alseg.spec.EmbeddingSpec` describes (random initialisation): the
+    convolutional one (``model: conv``) or the ViT one (``model: vit``). ``spec.img_size_px`` must
+    be resolved (see :func:`alseg.embed.data.input_side`)."""
+    if spec.img_size_px is None:
+        raise SpecError("embedding.img_size_px is not resolved yet (it follows from pixel_size_nm and the patch shape)")
+    if spec.model == "conv":
+        from alseg.embed.cmae import ConvMaskedAutoencoder
+
+        return ConvMaskedAutoencoder(spec.img_size_px, width=spec.conv_width, block=spec.mask_block_px,
+                                     target_sigma=spec.target_sigma_px, context=spec.context)
     encoder = make_encoder(spec.backbone, spec.img_size_px, dict(spec.backbone_args))
     if spec.img_size_px % int(encoder.patch_embed.patch_size[0]):
         raise SpecError(f"embedding.img_size_px {spec.img_size_px} is not a multiple of the backbone's patch size "

@@ -88,3 +88,36 @@ def thumbnail(volume: Any, valid: Any, size: int = 96) -> np.ndarray:
     sec = volume.read(Box((z, *valid.start[1:]), (z + 1, *valid.stop[1:])))[0]
     step = max(1, int(np.ceil(max(sec.shape) / size)))
     return np.asarray(sec[::step, ::step], dtype=np.float32)
+
+
+def reconstructions_png(model: Any, spec: Any, volume: Any, patches: Sequence[Any], norm: Any, *, seed: int = 0) -> bytes | None:
+    """One row per patch (its middle section): input, masked input, the MAE's reconstruction, the
+    target. ``None`` for a model that cannot draw its reconstruction (the ViT)."""
+    import io
+
+    import matplotlib
+    import torch
+
+    from alseg.embed.data import patch_inputs
+
+    if not hasattr(model, "reconstruct") or not len(patches):
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = torch.cat([patch_inputs(volume, p.valid, p.box.shape[1:], norm, 1, spec.img_size_px) for p in patches])
+    blocks = (imgs.shape[-2] // model.block) * (imgs.shape[-1] // model.block)
+    mask = torch.rand(len(imgs), blocks, generator=torch.Generator().manual_seed(seed + 13)) < spec.mask_ratio
+    masked, pred, target = (t.float().numpy()[:, 0] for t in model.eval().reconstruct(imgs, mask))
+    titles = ("section", "masked", "reconstruction", "target (smoothed, per block)")
+    fig, axes = plt.subplots(len(imgs), 4, figsize=(8, 2 * len(imgs)), dpi=100, squeeze=False)
+    for r, row in enumerate(zip(imgs.numpy()[:, 0], masked, pred, target)):
+        for c, img in enumerate(row):
+            axes[r, c].imshow(img, cmap="gray")
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(titles[c], fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from alseg.embed.data import augment
+from alseg.embed.data import augment, centre_crop, crop_augment
 from alseg.embed.mae import MaskedAutoencoder
 from alseg.io import store as st
 from alseg.progress import progress_bar
@@ -36,6 +36,13 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
             continue
         (decay if p.ndim >= 2 and "pos" not in name and "token" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_size(model: MaskedAutoencoder, slices: torch.Tensor) -> int:
+    """The side of the images the model trains on (its ``train_side``; the stored slices are at least that)."""
+    if model.train_side > slices.shape[-1]:
+        raise ValueError(f"training slices of {slices.shape[-1]} px cannot give the model's {model.train_side} px crops")
+    return int(model.train_side)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -65,20 +72,22 @@ def load_bytes(url: str) -> Any:
 
 
 @torch.no_grad()
-def eval_loss(model: MaskedAutoencoder, slices: torch.Tensor, mask_ratio: float, seed: int, device: str) -> float:
-    """Reconstruction loss on a fixed set of slices with fixed masks (no augmentation)."""
+def eval_loss(model: MaskedAutoencoder, slices: torch.Tensor, mask_ratio: float, seed: int, device: str) -> tuple[float, float]:
+    """Reconstruction loss on a fixed set of slices with fixed masks (no augmentation), and the
+    loss of the mean predictor (each masked patch or block predicted as its own mean) on the same."""
     model.eval()
     g = torch.Generator().manual_seed(seed + 7)
     n = min(EVAL_SLICES, len(slices))
     idx = torch.randperm(len(slices), generator=g)[:n]
     keep, mask = model.random_keep(n, mask_ratio, g)
-    losses = []
+    losses, base = [], []
     for a in range(0, n, 16):
         b = min(n, a + 16)
-        imgs = slices[idx[a:b]].float().to(device)
+        imgs = centre_crop(slices[idx[a:b]], train_size(model, slices)).float().to(device)
         losses.append(float(model.loss(imgs, keep[a:b], mask[a:b])) * (b - a))
+        base.append(model.baseline(imgs, keep[a:b], mask[a:b]) * (b - a))
     model.train()
-    return sum(losses) / n
+    return sum(losses) / n, sum(base) / n
 
 
 def train_mae(
@@ -128,7 +137,7 @@ def train_mae(
                 g.set_state(ckpt["generators"][k])
             state = {k: ckpt[k] for k in ("epoch", "losses", "eval_before")}
     if state["eval_before"] is None:
-        state["eval_before"] = eval_loss(model, slices, spec.mask_ratio, seed, device)
+        state["eval_before"] = eval_loss(model, slices, spec.mask_ratio, seed, device)[0]
     share = slice(rank * batch // world, (rank + 1) * batch // world)
     bar = progress_bar(total=total, initial=state["epoch"] * steps_per_epoch, desc="MAE training", unit="step",
                disable=not progress or rank != 0)
@@ -141,7 +150,11 @@ def train_mae(
                 step = epoch * steps_per_epoch + s
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, warmup, spec.learning_rate)
-                imgs = augment(slices[order[s * batch : (s + 1) * batch]], gens["augment"])
+                chosen = slices[order[s * batch : (s + 1) * batch]]
+                if getattr(model, "context", 1.0) > 1.0:  # random positions in the context, pixel size kept
+                    imgs = crop_augment(chosen, train_size(model, slices), gens["augment"])
+                else:
+                    imgs = augment(chosen, gens["augment"])
                 keep, mask = model.random_keep(batch, spec.mask_ratio, gens["mask"])
                 loss = net(imgs[share].float().to(device), keep[share], mask[share])
                 opt.zero_grad(set_to_none=True)
@@ -162,6 +175,19 @@ def train_mae(
                             "generators": {k: g.get_state() for k, g in gens.items()}, **state}, checkpoint_url)
     finally:
         bar.close()
-    after = eval_loss(model, slices, spec.mask_ratio, seed, device)
+    after = eval_loss(model, slices, spec.mask_ratio, seed, device)[0]
     return {"losses": [float(v) for v in state["losses"]], "eval_before": float(state["eval_before"]),
             "eval_after": float(after), "steps": total, "batch": batch, "slices": n}
+
+
+def heldout_figures(model: MaskedAutoencoder, heldout: torch.Tensor, mask_ratio: float, seed: int,
+                    device: str = "cpu") -> dict[str, Any]:
+    """The trained model's masked-reconstruction loss on slices it never trained on, beside the
+    mean predictor's on the same slices and masks, and their ratio (1: the model learned nothing
+    a block's own mean does not give; the trivial solution)."""
+    if not len(heldout):
+        return {}
+    model.to(device)
+    loss, base = eval_loss(model, heldout, mask_ratio, seed + 1, device)
+    return {"heldout_loss": loss, "heldout_mean_predictor": base, "heldout_ratio": loss / base if base > 0 else None,
+            "heldout_slices": int(min(EVAL_SLICES, len(heldout)))}

@@ -206,6 +206,18 @@ def _short(err: BaseException) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``url`` (a temporary name, then moved), making parent folders."""
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    fs.mv(tmp, path)
+
+
 def read_json(url: str | os.PathLike[str]) -> Any:
     """A JSON file at a path or URL; :class:`DataError` naming it when it is missing or not JSON."""
     import json

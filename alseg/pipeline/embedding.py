@@ -1,4 +1,4 @@
-"""Stage 4a/b: the MAE and the embedding store of every candidate patch."""
+"""Stage 4a/b: the embedding model (MAE, pixels PCA or nnU-Net features) and the embedding store of every candidate patch."""
 
 from __future__ import annotations
 
@@ -7,53 +7,115 @@ from typing import Any
 from alseg.io import store as st
 from alseg.pipeline.common import device_for, digest, embedding_dir, input_norm, input_volume
 from alseg.rundir import claim
-from alseg.spec import JobSpec
+from alseg.spec import EmbeddingSpec, JobSpec
 
 
-def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Stage 4a: train the MAE on sections of the candidate pool (or take ``embedding.weights_path``).
+def resolved_embedding(spec: JobSpec, image: Any) -> EmbeddingSpec:
+    """``spec.embedding`` with ``img_size_px`` filled in from the patch shape and the volume's pixel size."""
+    from alseg.embed.data import input_side
 
-    Writes ``<run dir>/embedding/mae/mae.pt`` (architecture and weights), ``training.json``
-    (losses, fixed-set reconstruction loss before and after) and, during training, a resumable
-    ``checkpoint_latest.pt``. Reused when the inputs and parameters are unchanged. ``norm``: the
-    input's :class:`~alseg.nnunet.IntensityNorm` when the caller has it already.
+    e = spec.embedding
+    side = input_side(e, spec.patches.shape_vox[1:], image.voxel_size_nm[1:])
+    return e.model_copy(update={"img_size_px": side})
+
+
+def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bool = True,
+            pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage 4a: the embedding model of ``embedding.source``, fitted on the candidate pool.
+
+    ``mae``: train the MAE on sections of the pool (or take ``embedding.weights_path``), keeping
+    ``heldout_slices`` of them out of training to measure its loss against the mean predictor's;
+    ``pixels``: a PCA of the pool's downsampled sections; ``nnunet``: the pretrained nnU-Net
+    (``pretrained``: the pretraining stage's result). Every source is then fitted a per-dimension
+    centre and scale on the pool. Writes ``<run dir>/embedding/model/model.pt`` and ``fit.json``;
+    reused when the inputs and parameters are unchanged. ``norm``: the input's
+    :class:`~alseg.nnunet.IntensityNorm` when the caller has it already.
     """
-    import torch
-
     from alseg import __version__
-    from alseg.embed.data import training_slices
-    from alseg.embed.mae import build_mae
-    from alseg.embed.train import save_bytes, train_mae
     from alseg.preflight import patch_grid_of
 
     e = spec.embedding
-    if e.weights_path is not None:
+    if e.source == "mae" and e.weights_path is not None:
         if not st.exists(e.weights_path):
             from alseg.errors import SpecError
 
             raise SpecError(f"embedding.weights_path {st.redact(e.weights_path)} does not exist")
-        return {"checkpoint": e.weights_path, "trained": False, "reused": True}
-    mae_dir = st.join(embedding_dir(spec), "mae")
-    final, record_url = st.join(mae_dir, "mae.pt"), st.join(mae_dir, "training.json")
+        return {"checkpoint": e.weights_path, "source": "mae", "trained": False, "reused": True}
+    if e.source == "nnunet" and pretrained is None:
+        from alseg.errors import SpecError
+
+        raise SpecError("embedding.source nnunet needs the pretrained nnU-Net (nnunet.finetune_from: pretrained)")
+    model_dir = st.join(embedding_dir(spec), "model")
+    final, record_url = st.join(model_dir, "model.pt"), st.join(model_dir, "fit.json")
     claim(spec)
     image = input_volume(spec)
     norm = norm or input_norm(spec)
+    e = resolved_embedding(spec, image)
     params = e.model_dump(mode="json", exclude={"slices_per_patch", "rows_per_chunk", "weights_path"})
     signature = {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape),
                  "patches": spec.patches.model_dump(mode="json"), "embedding": params, "seed": spec.run.seed,
-                 "norm": norm.to_json(), "alseg": __version__}
+                 "norm": norm.to_json(), "alseg": __version__,
+                 "pretrained": pretrained.get("signature_sha256") if pretrained else None}
     sig_sha = digest(signature)
     if st.exists(record_url) and st.exists(final):
         record = st.read_json(record_url)
         if record.get("signature_sha256") == sig_sha:
             return {**record, "checkpoint": final, "reused": True}
     patches = patch_grid_of(spec, image.shape).patches()
-    slices = training_slices(image, patches, norm, e.img_size_px, e.max_train_slices, spec.run.seed, progress=progress)
+    if e.source == "mae":
+        state, result = _train_mae(spec, e, image, patches, norm, runner, progress, sig_sha, model_dir)
+    elif e.source == "pixels":
+        from alseg.embed.sources import fit_pixels
+
+        state = fit_pixels(image, patches, norm, side=e.img_size_px, slices=e.slices_per_patch, dim=e.pixels_dim,
+                           seed=spec.run.seed, progress=progress)
+        result = {"fitted_on": state["fitted_on"]}
+    else:
+        state = {"kind": "nnunet", "model_folder": pretrained["model_folder"], "norm": pretrained["norm"],
+                 "stage": e.nnunet_stage, "pretrained": pretrained.get("signature_sha256")}
+        result = {"model_folder": pretrained["model_folder"], "stage": e.nnunet_stage}
+    if e.source != "pixels":
+        from alseg.embed.sources import fit_standardisation, load_embedder
+
+        _save(state, final)
+        embedder, _ = load_embedder(final, slices=e.slices_per_patch)
+        state.update(fit_standardisation(embedder, image, patches, norm, seed=spec.run.seed, progress=progress))
+    _save(state, final)
+    record = {"signature": signature, "signature_sha256": sig_sha, "source": e.source, "img_size_px": e.img_size_px, **result}
+    st.write_json(record_url, record)
+    return {**record, "checkpoint": final, "reused": False}
+
+
+def _save(state: dict[str, Any], url: str) -> None:
+    from alseg.embed.sources import save_checkpoint
+
+    save_checkpoint(state, url)
+
+
+def _train_mae(spec: JobSpec, e: EmbeddingSpec, image: Any, patches: list[Any], norm: Any, runner: Any, progress: bool,
+               sig_sha: str, model_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the MAE on pool sections, minus ``heldout_slices`` kept to measure it; its checkpoint state and record."""
+    import torch
+
+    from alseg.embed.data import training_slices
+    from alseg.embed.mae import build_mae
+    from alseg.embed.train import heldout_figures, train_mae
+
+    from alseg.preflight import holdout_of
+
+    context = e.context + 1.0 if e.model == "conv" and e.context > 1.0 else 1.0  # room to move the crops
+    slices = training_slices(image, patches, norm, e.img_size_px, e.max_train_slices + e.heldout_slices, spec.run.seed,
+                             progress=progress, context=context, avoid=holdout_of(spec, image.shape))
+    n_held = min(e.heldout_slices, len(slices) // 5)
+    order = torch.randperm(len(slices), generator=torch.Generator().manual_seed(spec.run.seed + 3))
+    heldout, slices = slices[order[:n_held]], slices[torch.sort(order[n_held:]).values]
     res, device = device_for(spec.resources.embedding, label="resources.embedding")
-    checkpoint = st.join(mae_dir, "checkpoint_latest.pt")
+    checkpoint = st.join(model_dir, "checkpoint_latest.pt")
     world = 1
     if runner is not None and runner.name == "ray":
         world = spec.resources.embedding.workers or (runner.capacity(res) if device == "cuda" else 1)
+    torch.manual_seed(spec.run.seed)
+    model = build_mae(e)
     if world > 1:
         from alseg.embed.distributed import train_distributed
         from alseg.embed.train import load_bytes
@@ -66,23 +128,19 @@ def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bo
         result = train_distributed(e, slices, world=world, runner=runner, checkpoint_url=checkpoint, signature=sig_sha,
                                    seed=spec.run.seed, device=device, rendezvous_dir=st.join(spec.run.dir, "work", "mae"),
                                    resources=res, local=getattr(runner, "address", None) is None)
-        state = load_bytes(checkpoint)["model"]
+        model.load_state_dict(load_bytes(checkpoint)["model"])
     else:
-        torch.manual_seed(spec.run.seed)
-        model = build_mae(e)
         result = train_mae(model, slices, e, checkpoint_url=checkpoint, signature=sig_sha, seed=spec.run.seed, device=device,
                            progress=progress)
-        state = model.cpu().state_dict()
-    save_bytes({"embedding_spec": e.model_dump(mode="json"), "model": state, "signature": sig_sha}, final)
-    record = {"signature": signature, "signature_sha256": sig_sha, "device": device, "ranks": world, **result}
-    st.write_json(record_url, record)
-    return {**record, "checkpoint": final, "reused": False}
+    result.update(heldout_figures(model, heldout, e.mask_ratio, spec.run.seed, device))
+    state = {"kind": "mae", "embedding_spec": e.model_dump(mode="json"), "model": model.cpu().state_dict(), "signature": sig_sha}
+    return state, {"device": device, "ranks": world, **result}
 
 
-def run_embed(spec: JobSpec, *, runner: Any = None, progress: bool = True) -> dict[str, Any]:
+def run_embed(spec: JobSpec, *, runner: Any = None, progress: bool = True, pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 4b: embed every candidate patch into ``<run dir>/embedding/embeddings.zarr``.
 
-    The store's signature names the data, the MAE checkpoint (sha256 of its bytes), the embedding
+    The store's signature names the data, the model checkpoint (sha256 of its bytes), the embedding
     parameters and alseg's version; a store with another signature is stale and recomputed, a
     complete one with the same signature is reused, a partial one resumes.
     """
@@ -91,13 +149,13 @@ def run_embed(spec: JobSpec, *, runner: Any = None, progress: bool = True) -> di
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     try:
-        return _embed_with(spec, runner, progress)
+        return _embed_with(spec, runner, progress, pretrained)
     finally:
         if own:
             runner.close()
 
 
-def _embed_with(spec: JobSpec, runner: Any, progress: bool) -> dict[str, Any]:
+def _embed_with(spec: JobSpec, runner: Any, progress: bool, pretrained: dict[str, Any] | None) -> dict[str, Any]:
     from alseg import __version__
     from alseg.embed import EmbeddingStore, StaleEmbeddingsError, embed_patches
     from alseg.embed.store import FORMAT
@@ -105,7 +163,7 @@ def _embed_with(spec: JobSpec, runner: Any, progress: bool) -> dict[str, Any]:
     from alseg.preflight import patch_grid_of
 
     intensity = input_norm(spec)
-    mae = run_mae(spec, runner=runner, norm=intensity, progress=progress)
+    mae = run_mae(spec, runner=runner, norm=intensity, progress=progress, pretrained=pretrained)
     e = spec.embedding
     image = input_volume(spec)
     patches = patch_grid_of(spec, image.shape).patches()
@@ -113,7 +171,7 @@ def _embed_with(spec: JobSpec, runner: Any, progress: bool) -> dict[str, Any]:
     model_sha = st.sha256(mae["checkpoint"])
     signature = {"data": {"input": st.redact(spec.input.url), "level": spec.input.level, "shape": list(image.shape), "norm": norm},
                  "model": model_sha,
-                 "parameters": {"slices_per_patch": e.slices_per_patch, "img_size_px": e.img_size_px,
+                 "parameters": {"source": e.source, "slices_per_patch": e.slices_per_patch,
                                 "patches": spec.patches.model_dump(mode="json"), "rows_per_chunk": e.rows_per_chunk},
                  "version": {"alseg": __version__, "format": FORMAT}}
     url = st.join(embedding_dir(spec), "embeddings.zarr")
@@ -126,9 +184,9 @@ def _embed_with(spec: JobSpec, runner: Any, progress: bool) -> dict[str, Any]:
     except (StoreError, StaleEmbeddingsError):
         store = None
     if store is None:
-        from alseg.embed.embed import load_mae
+        from alseg.embed.sources import load_embedder
 
-        dim = load_mae(mae["checkpoint"])[0].encoder.embed_dim
+        dim = load_embedder(mae["checkpoint"])[0].dim
         boxes = [(*p.valid.start, *p.valid.stop) for p in patches]
         store = EmbeddingStore.create(url, boxes=boxes, dim=dim, rows_per_chunk=e.rows_per_chunk, signature=signature)
         st.remove(work)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from alseg.io import store as st
 from alseg.pipeline.embedding import run_embed, run_mae
+from alseg.pipeline.embedquality import run_embedding_quality
 from alseg.pipeline.evaluation import evaluate
 from alseg.pipeline.finetune import run_finetune
 from alseg.pipeline.predict import run_predict
@@ -68,6 +69,13 @@ def _json(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in ("reused", "mae")}
 
 
+EMBED_TITLES = {"mae": "MAE", "pixels": "pixels PCA", "nnunet": "pretrained nnU-Net features"}
+
+
+def _pretrained(spec: JobSpec, ctx: Context) -> dict[str, Any] | None:
+    return ctx.result("pretrain") if spec.embedding.source == "nnunet" else None
+
+
 def _model_key(round_index: int) -> str:
     """The stage whose model a round uses: round 0 is the pretrained model alone."""
     return "pretrain" if round_index == 0 else f"finetune-{round_index:02d}"
@@ -93,12 +101,25 @@ def plan(spec: JobSpec) -> list[Stage]:
                          lambda s, c: _json(run_pretrain(s, progress=c.progress, echo=c.echo))))
     diversity = needs_embeddings(sel)
     if diversity:
-        out.append(Stage("mae", "MAE", INPUT + ("patches", "embedding", "run.seed"), (),
-                         lambda s, c: _json(run_mae(s, runner=c.runner, progress=c.progress)),
-                         exclude=("embedding.slices_per_patch", "embedding.rows_per_chunk")))
-        out.append(Stage("embed", "embeddings", INPUT + ("patches", "embedding.slices_per_patch", "embedding.img_size_px",
-                                                          "embedding.rows_per_chunk", "embedding.weights_path"),
-                         ("mae",), lambda s, c: _json(run_embed(s, runner=c.runner, progress=c.progress))))
+        nn_source = spec.embedding.source == "nnunet"
+        if nn_source and scratch:
+            from alseg.errors import SpecError
+
+            raise SpecError("embedding.source nnunet pools the pretrained nnU-Net's features, and nnunet.finetune_from "
+                            "scratch trains none: use source mae or pixels")
+        model_up = ("pretrain",) if nn_source else ()
+        out.append(Stage("embed-model", f"embedding model ({EMBED_TITLES[spec.embedding.source]})",
+                         INPUT + ("patches", "embedding", "run.seed"), model_up,
+                         lambda s, c: _json(run_mae(s, runner=c.runner, progress=c.progress, pretrained=_pretrained(s, c))),
+                         exclude=("embedding.rows_per_chunk",)))
+        out.append(Stage("embed", "embeddings", INPUT + ("patches", "embedding.slices_per_patch", "embedding.rows_per_chunk"),
+                         ("embed-model",) + model_up,
+                         lambda s, c: _json(run_embed(s, runner=c.runner, progress=c.progress, pretrained=_pretrained(s, c)))))
+        out.append(Stage("embed-quality", "embedding quality (against pixels; pseudo-labels, ground truth)",
+                         INPUT + ("patches", "input.ground_truth", "embedding.pixels_dim"), ("embed", "embed-model", "pseudolabels"),
+                         lambda s, c: run_embedding_quality(s, c.result("embed"), c.result("embed-model"),
+                                                            pseudolabel_url=c.result("pseudolabels").get("url"),
+                                                            progress=c.progress)))
     eval_fields = INPUT + ("input.ground_truth", "patches.holdout", "prediction", "postprocess", "evaluation")
     if has_gt and not scratch:
         out.append(_evaluation_stage(0, eval_fields))

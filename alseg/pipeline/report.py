@@ -35,7 +35,8 @@ def run_report(spec: JobSpec, records: dict[str, dict[str, Any]]) -> dict[str, A
     """Write the run's report from its stage records; returns the URLs written."""
     image = input_volume(spec)
     rounds = [RoundResult(round=rs.round, n_annotated_patches=rs.annotated, pool_patches=rs.pool,
-                          metrics=flatten_scores(rs.scores), selection_picture=rs.selection_picture)
+                          metrics=flatten_scores(rs.scores), selection_picture=rs.selection_picture,
+                          selection_diagnostics=rs.selection_diagnostics)
               for rs in round_scores(spec, records)]
     pl = records.get("pseudolabel-scores")
     pred = (records.get("predict") or {}).get("result")
@@ -44,6 +45,7 @@ def run_report(spec: JobSpec, records: dict[str, dict[str, Any]]) -> dict[str, A
     overlays = None if pred is None else OverlaySource(image_url=spec.input.url, prediction_url=pred["instances"],
                                                        ground_truth_url=gt, region=region, level=spec.input.level)
     measure = (records.get("measure") or {}).get("result")
+    quality = (records.get("embed-quality") or {}).get("result")
     outputs = {} if pred is None else {"instances": pred["instances"], "classes": pred["classes"], "mask": pred["mask"]}
     if measure is not None:
         outputs.update({"measurements (Parquet)": measure["parquet"], "measurements (CSV)": measure["csv"]})
@@ -56,5 +58,6 @@ def run_report(spec: JobSpec, records: dict[str, dict[str, Any]]) -> dict[str, A
         overlays=overlays,
         measurements_csv=None if measure is None else measure["csv"],
         outputs={k: st.redact(v) for k, v in outputs.items()},
+        embedding_quality=quality,
     )
     return write_report(summary, st.join(spec.run.dir, "report"))

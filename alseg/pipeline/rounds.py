@@ -29,6 +29,7 @@ class RoundScores:
     pool: int
     scores: dict[str, Any]
     selection_picture: str | None
+    selection_diagnostics: dict[str, Any] | None = None
 
 
 def round_scores(spec: JobSpec, records: Mapping[str, dict[str, Any]] | None = None) -> list[RoundScores]:
@@ -48,8 +49,9 @@ def round_scores(spec: JobSpec, records: Mapping[str, dict[str, Any]] | None = N
         ev = record(f"evaluate-{r:02d}")
         if ev is None or "scores" not in ev["result"]:
             continue
-        picture = (record(f"select-{r:02d}") or {}).get("result", {}).get("picture") if r > 0 else None
-        out.append(RoundScores(r, annotated, pool, ev["result"]["scores"], picture))
+        selected = (record(f"select-{r:02d}") or {}).get("result", {}) if r > 0 else {}
+        out.append(RoundScores(r, annotated, pool, ev["result"]["scores"], selected.get("picture"),
+                               selected.get("diagnostics")))
     return out
 
 

@@ -1,11 +1,25 @@
-"""Stage 4c: uncertainty scores of the pool and each round's picks."""
+"""Stage 4c: uncertainty scores of the pool and each round's picks, with what the picks contain.
+
+Selection diagnostics: when the job has (complete) pseudo-labels, each round's record carries
+``diagnostics`` (:func:`alseg.pipeline.content.selection_diagnostics`): the picks' pseudo-label
+foreground fraction and content bins beside the whole candidate pool's. The pool's fractions are
+read once per pseudo-label volume and pool (``<run dir>/selection/foreground-<key>.json``, keyed by
+the volume's signature and the patch boxes). They describe the picks and never change them, so
+they are not part of the selection's signature.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from alseg.geometry import Box
 from alseg.io import store as st
-from alseg.pipeline.common import device_for, digest, embedding_dir, input_volume, nnunet_dirs, selection_url
+from alseg.io.omezarr import output_record
+from alseg.pipeline.common import (device_for, digest, embedding_dir, input_volume, nnunet_dirs, pseudolabels_url,
+                                   selection_url)
+from alseg.pipeline.content import foreground_fractions, selection_diagnostics
 from alseg.pipeline.embedding import run_embed
 from alseg.rundir import claim
 from alseg.spec import JobSpec
@@ -78,12 +92,55 @@ def annotated_before(spec: JobSpec, round_index: int) -> list[int]:
     return out
 
 
-def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
-               picture: bool = True) -> dict[str, Any]:
-    """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
-    (patch ids, their boxes, the method's details) and draw ``round-NN.png``. Reused when unchanged."""
-    import numpy as np
+def pool_foreground(spec: JobSpec, label_url: str, boxes: np.ndarray, *, progress: bool = True) -> tuple[np.ndarray, str | None]:
+    """Foreground fraction of every pool patch (rows ``z0 y0 x0 z1 y1 x1`` of ``boxes``) in the label
+    volume at ``label_url`` (on the grid of ``input.level``, as the pseudo-labels are), and its
+    signature. Kept in ``<run dir>/selection/foreground-<key>.json`` when the volume records a
+    signature and is complete (alseg's outputs do so), so a rerun reads them back; else read afresh."""
+    record = output_record(label_url) or {}
+    sig = record.get("signature_sha256") if record.get("complete") else None
+    boxes = np.asarray(boxes, dtype=np.int64)
+    url = None
+    if sig is not None:
+        key = digest({"labels": sig, "boxes": boxes.tolist()})[:16]
+        url = st.join(spec.run.dir, "selection", f"foreground-{key}.json")
+        if st.exists(url):
+            cached = st.read_json(url)
+            if cached.get("labels_signature_sha256") == sig and len(cached.get("fractions", ())) == len(boxes):
+                return np.asarray(cached["fractions"], dtype=np.float64), sig
+    fractions = foreground_fractions(label_url, [Box(tuple(b[:3]), tuple(b[3:])) for b in boxes], level=0,
+                                     missing_chunks="empty", progress=progress)
+    if url is not None:
+        st.write_json(url, {"labels": st.redact(label_url), "labels_signature_sha256": sig, "patches": len(boxes),
+                            "fractions": fractions.tolist()})
+    return fractions, sig
 
+
+def _pseudolabels_of(spec: JobSpec, given: str | None) -> str | None:
+    """The pseudo-label volume to describe picks by: the one given, else the run's own when it is
+    complete and made from this job's input (the stage graph runs pseudo-labels before selection)."""
+    if given is not None:
+        return given
+    url = pseudolabels_url(spec)
+    record = output_record(url) or {}
+    made_from = (record.get("signature") or {}).get("input") or {}
+    mine = made_from.get("url") == st.redact(spec.input.url) and made_from.get("level") == spec.input.level
+    return url if record.get("complete") and mine else None
+
+
+def _diagnostics(spec: JobSpec, label_url: str, boxes: np.ndarray, picks: list[int], *, progress: bool) -> dict[str, Any]:
+    fractions, sig = pool_foreground(spec, label_url, boxes, progress=progress)
+    return {**selection_diagnostics(fractions, picks), "labels": st.redact(label_url), "labels_signature_sha256": sig}
+
+
+def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
+               picture: bool = True, pseudolabel_url: str | None = None) -> dict[str, Any]:
+    """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
+    (patch ids, their boxes, the method's details) and draw ``round-NN.png``. Reused when unchanged.
+
+    With pseudo-labels (``pseudolabel_url``, else the run's own ``pseudolabels.zarr`` once complete)
+    the record carries the picks' ``diagnostics`` against the pool (module docstring); a reused
+    record whose diagnostics describe other pseudo-labels gets them anew, its picks unchanged."""
     from alseg.embed import EmbeddingStore
     from alseg.errors import SpecError
     from alseg.select import needs_embeddings, select_patches, uncertainty_measure
@@ -114,18 +171,27 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
     signature = digest({"strategy": strategy.model_dump(mode="json"), "embeddings": store_sig, "annotated": annotated,
                          "seed": seed, "scores": None if scores is None else digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
     url = selection_url(spec, round_index)
+    labels = _pseudolabels_of(spec, pseudolabel_url)
     if st.exists(url):
         prev = st.read_json(url)
         if prev.get("signature_sha256") == signature:
+            if labels is not None:
+                rec = output_record(labels) or {}
+                current = rec.get("signature_sha256") if rec.get("complete") else None
+                had = prev.get("diagnostics") or {}
+                if current is None or had.get("labels_signature_sha256") != current:
+                    prev["diagnostics"] = _diagnostics(spec, labels, boxes, prev["patch_ids"], progress=progress)
+                    st.write_json(url, prev)
             return {**prev, "url": url, "reused": True}
     sel = select_patches(strategy, n=n, embeddings=emb, scores=scores, annotated=annotated, seed=seed, progress=progress)
     ids = [int(i) for i in sel.picks]
     record = {"round": round_index, "method": sel.method, "patch_ids": ids,
               "boxes": [[int(v) for v in boxes[i]] for i in ids], "annotated_before": annotated, "detail": sel.detail,
               "seed": seed, "signature_sha256": signature}
+    if labels is not None:
+        record["diagnostics"] = _diagnostics(spec, labels, boxes, ids, progress=progress)
     if picture and emb is not None:
         from alseg.embed.picture import draw, pca_2d, thumbnail
-        from alseg.geometry import Box
 
         image = input_volume(spec)
         thumbs = {i: thumbnail(image, Box(tuple(boxes[i][:3]), tuple(boxes[i][3:]))) for i in ids[:6]}

@@ -13,7 +13,7 @@ import numpy as np
 
 from alseg.io import store as st
 from alseg.report import figures
-from alseg.report.model import RoundResult, RunSummary, metric_label, metric_order
+from alseg.report.model import RoundResult, RunSummary, metric_label, metric_order, selection_line
 from alseg.report.sources import read_measurements, read_png, read_sections
 
 # Metrics on the learning curve: the paper's headline scores, when a run has them.
@@ -139,12 +139,60 @@ def _selection(summary: RunSummary) -> list[Block]:
     for r in summary.rounds:
         picked = r.n_annotated_patches - previous
         previous = r.n_annotated_patches
+        if r.selection_diagnostics is not None:
+            out.append(Para(f"Round {r.round}: {selection_line(r.selection_diagnostics)}."))
         if r.selection_picture is None:
             continue
         out.append(Figure(f"selection_round_{r.round:02d}", f"selection-round-{r.round:02d}.png",
                           f"Round {r.round}: {picked} patch(es) selected ({r.n_annotated_patches} annotated in all), "
                           "in the embedding store's PCA projection.", read_png(r.selection_picture)))
-    return [Heading("Selected patches"), *out] if out else []
+    if not out:
+        return []
+    intro: list[Block] = []
+    if any(r.selection_diagnostics is not None for r in summary.rounds):
+        intro.append(Para("Pseudo-label foreground: the share of a patch's voxels inside a pseudo-labelled object, "
+                          "averaged over the round's picks and over the whole candidate pool. Content bins: the "
+                          "empty patches, and the others split at the quantiles of their foreground (quartiles by default); "
+                          "covered bins "
+                          "hold at least one pick."))
+    return [Heading("Selected patches"), *intro, *out]
+
+
+def _num(v: object, fmt: str = ".2f") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) and np.isfinite(v) else "–"
+
+
+def _embedding(summary: RunSummary) -> list[Block]:
+    q = summary.embedding_quality
+    if not q:
+        return []
+    emb, pix = q.get("embedding", {}), q.get("pixels", {})
+    rows = []
+    for key, label in (("r2_pseudolabels", "R² of pseudo-label foreground (cross-validated)"),
+                       ("r2_ground_truth", "R² of ground-truth foreground (cross-validated)"),
+                       ("neighbour_ratio_pseudolabels", "nearest-neighbour content ratio, pseudo-labels (1 = random)"),
+                       ("neighbour_ratio_ground_truth", "nearest-neighbour content ratio, ground truth (1 = random)"),
+                       ("participation_ratio", "participation ratio (directions in use)"),
+                       ("mean_cosine", "mean cosine similarity")):
+        if key in emb:
+            rows.append((Cell(label), Cell(_num(emb[key])), Cell(_num(pix.get(key)))))
+    out: list[Block] = [
+        Heading("Embedding space"),
+        Para(f"Source: {q.get('source')}; measured on {q.get('patches')} of the {q.get('pool')} pool patches against "
+             "the pixels baseline (a PCA of the downsampled sections). A space that beats pixels places patches of "
+             "similar content together, so a k-center core-set on it is chosen, not drawn."),
+        Table(("measure", str(q.get("source")), "pixels"), tuple(rows)),
+    ]
+    if q.get("heldout_ratio") is not None:
+        out.append(Para(f"MAE on held-out sections: masked-reconstruction loss {_num(q.get('heldout_loss'), '.4f')}, "
+                        f"the mean predictor's {_num(q.get('heldout_mean_predictor'), '.4f')} (ratio "
+                        f"{_num(q['heldout_ratio'], '.3f')}; 1.0 would be the trivial solution)."))
+    for w in q.get("warnings", []):
+        out.append(Para(f"Warning: {w}."))
+    if q.get("reconstructions"):
+        out.append(Figure("reconstructions", "reconstructions.png", "MAE reconstructions of pool sections (random masks): "
+                          "section, masked input, reconstruction, target.", read_png(q["reconstructions"])))
+    return out
 
 
 def _overlays(summary: RunSummary) -> list[Block]:
@@ -214,5 +262,5 @@ def build(summary: RunSummary) -> list[Block]:
     if summary.created:
         head.append(Para(f"Created {summary.created}."))
     spec = [Heading("Job spec"), Code("the job spec (YAML)", "yaml", summary.spec_yaml)]
-    return [*head, *_rounds(summary), *_overlays(summary), *_measurements(summary), *_selection(summary),
+    return [*head, *_rounds(summary), *_overlays(summary), *_measurements(summary), *_selection(summary), *_embedding(summary),
             *_pseudolabels(summary), *_stages(summary), *_outputs(summary), *spec]

@@ -21,7 +21,7 @@ from typing import Any
 
 from alseg.geometry import Box
 
-__all__ = ["OverlaySource", "RoundResult", "RunSummary", "StageTiming", "flatten_scores"]
+__all__ = ["OverlaySource", "RoundResult", "RunSummary", "StageTiming", "flatten_scores", "selection_line"]
 
 # short names of the per-threshold scores of alseg.evaluate.metrics.InstanceScores
 _SHORT = {"panoptic_quality": "pq", "mean_matched_iou": "matched_iou"}
@@ -82,7 +82,9 @@ class RoundResult:
     Round 0 is the pretrained model alone (``n_annotated_patches = 0``); round ``r`` the model
     fine-tuned on every patch annotated up to and including round ``r``. ``pool_patches`` is the
     size of the candidate pool (the denominator of the annotated fraction). ``selection_picture``
-    is the URL of the round's picture of the embedding store (``select/round-NN.png``), if any.
+    is the URL of the round's picture of the embedding store (``select/round-NN.png``), if any;
+    ``selection_diagnostics`` what its picks hold against the pool
+    (:func:`alseg.pipeline.content.selection_diagnostics`), if the run has pseudo-labels.
     """
 
     round: int
@@ -90,6 +92,7 @@ class RoundResult:
     pool_patches: int
     metrics: Mapping[str, float]
     selection_picture: str | None = None
+    selection_diagnostics: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.round < 0:
@@ -100,11 +103,29 @@ class RoundResult:
             raise ValueError(f"round {self.round}: n_annotated_patches must lie in [0, pool_patches={self.pool_patches}], "
                              f"got {self.n_annotated_patches}")
         object.__setattr__(self, "metrics", _metrics(self.metrics, f"round {self.round} metrics"))
+        if self.selection_diagnostics is not None:
+            missing = [k for k in DIAGNOSTIC_KEYS if k not in self.selection_diagnostics]
+            if missing:
+                raise ValueError(f"round {self.round}: selection_diagnostics lack {', '.join(missing)}")
 
     @property
     def fraction_annotated(self) -> float:
         """The share of the candidate pool annotated so far, in [0, 1]."""
         return self.n_annotated_patches / self.pool_patches
+
+
+DIAGNOSTIC_KEYS = ("picks", "picks_mean_foreground", "pool_mean_foreground", "bins_covered", "bins_total")
+
+
+def selection_line(diagnostics: Mapping[str, Any]) -> str:
+    """One line on a round's picks: ``picks: 4, mean pseudo-label foreground 12.3 % (pool 5.4 %),
+    content bins covered 3/5``."""
+    d = diagnostics
+    picks, pool = d["picks_mean_foreground"], d["pool_mean_foreground"]
+    fg = "–" if picks is None else f"{100 * picks:.1f} %"
+    pool_fg = "–" if pool is None else f"{100 * pool:.1f} %"
+    return (f"picks: {d['picks']}, mean pseudo-label foreground {fg} (pool {pool_fg}), "
+            f"content bins covered {d['bins_covered']}/{d['bins_total']}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,8 @@ class RunSummary:
     measurements_csv: str | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     created: str | None = None
+    embedding_quality: Mapping[str, Any] | None = None
+    """The embedding-quality stage's figures (``<run dir>/embedding/quality.json``), if it ran."""
 
     def __post_init__(self) -> None:
         stages, rounds = tuple(self.stages), tuple(self.rounds)

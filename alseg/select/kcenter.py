@@ -15,6 +15,14 @@ Distances, defined once and used by every implementation that must agree bit for
 * ``euclidean``: the squared distance ``max(|x|^2 - 2 <x, c> + |c|^2, 0)`` (monotone in the
   distance, so the picks are the same).
 
+Starts. Without annotated centres the greedy needs a first pick: ``start="random"`` draws
+``n_initial`` seeded random candidates (the paper's k = 3); ``"central"`` takes the one candidate
+nearest the mean of the candidates and ``"outlier"`` the one farthest from it, both by the metric's
+own distance (cosine: to the mean of the normalised rows). The deterministic starts cost two
+streamed passes over the rows (the mean, then the distances to it, in float64: another chunking
+could change the pick only on a tie to ~1e-15) and spend one pick, not three, on a choice that is
+not a core-set step: with a budget of 4, random starts leave the greedy one pick.
+
 Chosen points and excluded points get a distance of -1 and are never picked again (duplicates of a
 chosen point keep their own, tiny, distance and are picked only when nothing else is left).
 
@@ -38,17 +46,21 @@ from alseg.errors import SpecError
 from alseg.progress import progress_bar
 
 Metric = Literal["cosine", "euclidean"]
+Start = Literal["random", "central", "outlier"]
 MASKED = np.float32(-1.0)
 
 
 @dataclass(frozen=True)
 class KCenterResult:
     picks: np.ndarray
-    """Indices of the selected rows in the order they were picked (random starts first)."""
+    """Indices of the selected rows in the order they were picked (starts first)."""
     distance: np.ndarray
-    """For each pick, its distance to the nearest earlier centre when picked (NaN for random starts)."""
+    """For each pick, its distance to the nearest earlier centre when picked (NaN for starts)."""
     n_initial: int
-    """How many of ``picks`` were random starts."""
+    """How many of ``picks`` were starts (random, central, outlier or given) rather than greedy steps."""
+    start: str = "random"
+    """How the greedy started: ``random``, ``central``, ``outlier``, ``given`` (``starts``) or
+    ``annotated`` (from annotated centres, no start picks)."""
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -94,6 +106,44 @@ class _Rows:
 
     def row(self, i: int) -> np.ndarray:
         return np.array(self.data[i], dtype=np.float32)
+
+
+def start_row(rows: Any, start: Literal["central", "outlier"], *, metric: Metric = "cosine",
+              blocked: np.ndarray | None = None, chunk_rows: int = 16384, max_memory_bytes: int = 8 * 2**30) -> int:
+    """The candidate (a row not in the boolean mask ``blocked``) nearest (``central``) or farthest
+    (``outlier``) from the mean of the candidates, by ``metric``; the first such row on ties.
+
+    Streams the rows twice (the mean, then the distances), so a store larger than memory works."""
+    r = rows if isinstance(rows, _Rows) else _Rows(rows, chunk_rows, max_memory_bytes)
+    if start not in ("central", "outlier"):
+        raise SpecError(f"k-center start: expected 'central' or 'outlier', got {start!r}")
+    if metric not in ("cosine", "euclidean"):
+        raise SpecError(f"k-center distance: expected 'cosine' or 'euclidean', got {metric!r}")
+    free = np.ones(r.n, dtype=bool) if blocked is None else ~np.asarray(blocked, dtype=bool)
+    if free.shape != (r.n,):
+        raise SpecError(f"k-center start: blocked must be a boolean mask of the {r.n} rows, got shape {free.shape}")
+    count = int(free.sum())
+    if count == 0:
+        raise SpecError("k-center start: no candidate rows left")
+    total = np.zeros(r.d, dtype=np.float64)
+    for a, b, block in r.chunks():
+        total += block[free[a:b]].sum(axis=0, dtype=np.float64)
+    mean = total / count
+    if metric == "cosine":
+        norm = float(np.sqrt(mean @ mean))
+        mean = mean / norm if norm > 0 else mean  # a zero mean: every row at distance 1, the first wins
+    best_i, best = -1, np.inf
+    sign = 1.0 if start == "central" else -1.0  # the smallest of sign * distance wins
+    for a, b, block in r.chunks():
+        if not free[a:b].any():
+            continue
+        x = np.asarray(block, dtype=np.float64)
+        d = np.clip(1.0 - x @ mean, 0.0, 2.0) if metric == "cosine" else ((x - mean) ** 2).sum(axis=1)
+        d = np.where(free[a:b], sign * d, np.inf)
+        j = int(np.argmin(d))
+        if d[j] < best:
+            best_i, best = a + j, float(d[j])
+    return best_i
 
 
 class _Greedy:
@@ -213,6 +263,7 @@ def kcenter_greedy(
     annotated: Sequence[int] = (),
     starts: Sequence[int] | None = None,
     n_initial: int = 3,
+    start: Start = "random",
     seed: int = 0,
     metric: Metric = "cosine",
     exclude: Sequence[int] | np.ndarray | None = None,
@@ -224,9 +275,10 @@ def kcenter_greedy(
     """Pick ``budget`` rows of ``embeddings`` by k-center greedy.
 
     ``annotated`` rows are centres already (the points labelled in earlier rounds): the greedy
-    starts from them. Without any, it starts from ``starts`` (given first picks) or else from
-    ``n_initial`` rows drawn at random (seeded) from the candidates; either counts towards the
-    budget. ``exclude`` rows are never picked. For
+    starts from them. Without any, it starts from ``starts`` (given first picks) or else as
+    ``start`` says: ``n_initial`` rows drawn at random (seeded) from the candidates, or the one
+    candidate nearest to (``central``) or farthest from (``outlier``) the candidates' mean
+    (:func:`start_row`); starts count towards the budget. ``exclude`` rows are never picked. For
     ``cosine`` the rows must be L2-normalised (:func:`normalize_rows`; the embedding store keeps
     them so). ``device`` ``"cpu"`` runs on numpy / BLAS; a torch device (``"cuda"``) keeps the
     rows there; ``"auto"`` takes CUDA when torch sees a GPU.
@@ -253,6 +305,9 @@ def kcenter_greedy(
         if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
             raise SpecError("cosine k-center needs L2-normalised rows: pass normalize_rows(embeddings)")
 
+    if start not in ("random", "central", "outlier"):
+        raise SpecError(f"k-center start: expected 'random', 'central' or 'outlier', got {start!r}")
+
     if device == "auto":
         import torch
 
@@ -261,26 +316,31 @@ def kcenter_greedy(
     g.mask(blocked)
     picks: list[int] = []
     dists: list[float] = []
-    n_random = 0
+    n_starts = 0
+    how = "annotated"
     if len(annotated) == 1:
         g.add_center(annotated[0])
     elif annotated:
         g.add_centers(annotated)
     if not annotated:
-        if starts is None:
-            n_random = min(n_initial, budget)
-            starts = np.random.default_rng(seed).choice(np.flatnonzero(~blocked), size=n_random, replace=False)
-        else:
+        if starts is not None:
+            how = "given"
             starts = [int(i) for i in starts]
-            n_random = len(starts)
-            if n_random > budget or len(set(starts)) != n_random or any(not 0 <= i < n or blocked[i] for i in starts):
+            n_starts = len(starts)
+            if n_starts > budget or len(set(starts)) != n_starts or any(not 0 <= i < n or blocked[i] for i in starts):
                 raise SpecError(f"k-center starts {starts}: expected at most {budget} distinct candidate indices")
+        elif start == "random":
+            how = "random"
+            n_starts = min(n_initial, budget)
+            starts = np.random.default_rng(seed).choice(np.flatnonzero(~blocked), size=n_starts, replace=False)
+        else:
+            how, n_starts = start, 1
+            starts = [start_row(rows, start, metric=metric, blocked=blocked)]
         for i in starts:
             picks.append(int(i))
             dists.append(float("nan"))
             if len(picks) < budget:
                 g.add_center(int(i))
-
 
     bar = progress_bar(total=budget, initial=len(picks), desc="k-center", unit="pick", disable=not progress)
     try:
@@ -293,4 +353,4 @@ def kcenter_greedy(
             bar.update(1)
     finally:
         bar.close()
-    return KCenterResult(np.asarray(picks, dtype=np.int64), np.asarray(dists, dtype=np.float32), n_random)
+    return KCenterResult(np.asarray(picks, dtype=np.int64), np.asarray(dists, dtype=np.float32), n_starts, how)

@@ -149,9 +149,10 @@ def select_patches(
         return Selection(picks.astype(np.int64), method)
     if method == "kcenter":
         res = kcenter_greedy(embeddings, budget, annotated=annotated if strategy.initial == "annotated" else (),
-                             n_initial=strategy.n_initial, seed=seed, metric=strategy.distance, exclude=blocked,
-                             device=device, progress=progress)
-        return Selection(res.picks, method, {"distance": res.distance.tolist(), "random_starts": res.n_initial})
+                             n_initial=strategy.n_initial, start=strategy.start, seed=seed, metric=strategy.distance,
+                             exclude=blocked, device=device, progress=progress)
+        return Selection(res.picks, method, {"distance": res.distance.tolist(), "start": res.start,
+                                             "random_starts": res.n_initial if res.start == "random" else 0})
     if method == "kmeans":
         emb = embeddings if isinstance(embeddings, np.ndarray) else embeddings[:]
         picks, _ = kmeans_picks(emb, budget, blocked, iterations=strategy.iterations, seed=seed, spherical=True)

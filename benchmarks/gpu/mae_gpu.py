@@ -50,7 +50,9 @@ def main() -> None:
     from alseg.embed.train import _generators, _param_groups, train_mae
     from alseg.spec import EmbeddingSpec
 
-    spec = EmbeddingSpec(img_size_px=256, epochs=100, slices_per_patch=5)  # configs/vnc.yaml
+    # configs/vnc.yaml as it was when measured (the ViT MAE; the default is now the conv MAE)
+    spec = EmbeddingSpec(model="vit", img_size_px=256, epochs=100, slices_per_patch=5, mask_ratio=0.75, learning_rate=1.5e-4,
+                         warmup_epochs=5)
     g = torch.Generator().manual_seed(0)
     slices = torch.randn((args.slices, 1, spec.img_size_px, spec.img_size_px), generator=g).to(torch.float16)
     batch = min(spec.batch_size, args.slices)

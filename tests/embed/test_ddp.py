@@ -16,7 +16,7 @@ def _spec(tmp_path, run, workers):
         write_synthetic(url, SynthParams.preset("easy", shape=(16, 128, 128), seed=2))
     return parse_spec({"input": {"url": str(url)}, "run": {"dir": str(tmp_path / run)}, "annotation": {"method": "manual"},
                        "patches": {"shape_vox": [8, 64, 64]},
-                       "embedding": {"backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8},
+                       "embedding": {"model": "vit", "backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8},
                                      "img_size_px": 32, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
                                      "epochs": 3, "batch_size": 8, "warmup_epochs": 1, "learning_rate": 1e-3},
                        "resources": {"backend": "ray", "embedding": {"cpus": 1, "gpus": 0, "workers": workers}}})

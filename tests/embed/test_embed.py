@@ -11,7 +11,7 @@ from alseg.embed.data import augment, slice_indices
 from alseg.geometry import Box
 from alseg.spec import EmbeddingSpec, parse_spec
 
-TINY = {"backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}, "img_size_px": 32,
+TINY = {"model": "vit", "backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}, "img_size_px": 32,
         "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "batch_size": 8, "warmup_epochs": 1}
 
 
@@ -24,7 +24,7 @@ def _spec(tmp_path, overwrite=False, **embedding):
     return parse_spec({"input": {"url": str(url), "ground_truth": "mitochondria"}, "run": {"dir": str(tmp_path / "run"), "overwrite": overwrite},
                           "patches": {"shape_vox": [8, 32, 32], "holdout": {"kind": "fraction", "axis": "z", "fraction": 0.5}},
                           "embedding": {**TINY, "epochs": 3, "slices_per_patch": 3, "rows_per_chunk": 5, **embedding},
-                          "selection": {"method": "kcenter", "budget": 4, "rounds": 2}})
+                          "selection": {"method": "kcenter", "budget": 4, "rounds": 2, "start": "random"}})
 
 
 def test_patchify_and_masks_against_plain_loops():

@@ -20,7 +20,7 @@ def vnc_zarr(vnc_dir, tmp_path_factory):
 def _spec(url, run):
     return parse_spec({"input": {"url": str(url), "ground_truth": "mitochondria"}, "run": {"dir": str(run)},
                        "patches": {"shape_vox": [5, 128, 128]},
-                       "embedding": {"backbone_args": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8},
+                       "embedding": {"model": "vit", "backbone_args": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8},
                                      "img_size_px": 48, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
                                      "epochs": 4, "batch_size": 32, "warmup_epochs": 1, "learning_rate": 1e-3,
                                      "max_train_slices": 320, "slices_per_patch": 3, "rows_per_chunk": 64},

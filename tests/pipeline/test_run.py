@@ -25,7 +25,7 @@ from alseg.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-TINY_VIT = {"backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}, "img_size_px": 32,
+TINY_VIT = {"model": "vit", "backbone_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}, "img_size_px": 32,
             "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "batch_size": 8, "warmup_epochs": 1,
             "epochs": 2, "slices_per_patch": 2}
 TRAIN = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "final_validation": False}
@@ -72,7 +72,7 @@ def finished(tmp_path_factory):
 def test_the_loop_runs_every_stage_in_order(finished):
     _, spec, outcome = finished
     keys = [s.key for s in outcome.states]
-    assert keys == ["pseudolabels", "pseudolabel-scores", "pretrain", "mae", "embed", "evaluate-00",
+    assert keys == ["pseudolabels", "pseudolabel-scores", "pretrain", "embed-model", "embed", "embed-quality", "evaluate-00",
                     "select-01", "annotate-01", "finetune-01", "evaluate-01",
                     "select-02", "annotate-02", "finetune-02", "evaluate-02", "predict", "measure", "report"]
     assert all(s.state == "ran" for s in outcome.states)
@@ -136,9 +136,10 @@ def test_a_changed_field_makes_exactly_its_downstream_stale(finished, field, val
         "select-01": {"select-01", "annotate-01", "finetune-01", "evaluate-01", "select-02", "annotate-02", "finetune-02",
                       "evaluate-02", "predict"},
         "finetune-01": {"finetune-01", "evaluate-01", "finetune-02", "evaluate-02", "predict"},
-        # selection reads the embeddings, not the pseudo-labels: the picks and their annotation stay
-        "pseudolabels": {"pseudolabels", "pseudolabel-scores", "pretrain", "evaluate-00", "finetune-01", "evaluate-01",
-                         "finetune-02", "evaluate-02"},
+        # selection reads the embeddings, not the pseudo-labels: the picks and their annotation stay; the
+        # embedding-quality figures (measured against the pseudo-labels) are measured anew
+        "pseudolabels": {"pseudolabels", "pseudolabel-scores", "pretrain", "embed-quality", "evaluate-00", "finetune-01",
+                         "evaluate-01", "finetune-02", "evaluate-02"},
     }[stale_from] | {"predict", "measure", "report"}
     assert stale == downstream
     assert field in states[stale_from].detail, "the status names the field that made it stale"
@@ -146,7 +147,7 @@ def test_a_changed_field_makes_exactly_its_downstream_stale(finished, field, val
 
 def test_changing_mirroring_reruns_prediction_and_retrains_nothing(finished):
     tmp, spec, _ = finished
-    models = {k: read_record(spec, k)["token"] for k in ("pretrain", "finetune-01", "finetune-02", "mae")}
+    models = {k: read_record(spec, k)["token"] for k in ("pretrain", "finetune-01", "finetune-02", "embed-model")}
     changed = parse_spec(_spec_dict(tmp, **{"prediction.mirroring": True, "run.overwrite": True}))
     outcome = run_job(changed, progress=False, say=lambda _: None)
     ran = {s.key for s in outcome.states if s.state == "ran"}

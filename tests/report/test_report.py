@@ -278,3 +278,47 @@ def test_sections_are_shrunk_and_read_at_a_pyramid_level(tmp_path):
     assert sections[0].image.shape == sections[0].ground_truth.shape == (15, 500)
     with pytest.raises(DataError, match="outside"):
         read_sections(OverlaySource(url, pred, None, Box((0, 0, 0), (9, 40, 1100))))
+
+
+def test_report_shows_each_rounds_selection_diagnostics():
+    from alseg.pipeline.content import selection_diagnostics
+    from alseg.report.model import selection_line
+
+    pool = np.array([0, 0, 0, 0.1, 0.2, 0.4, 0.8, 0.05])
+    diag = [selection_diagnostics(pool, picks) for picks in ([6, 0], [5, 4, 3])]
+    rounds = [RoundResult(round=r, n_annotated_patches=n, pool_patches=8, metrics={"f1@0.5": f}, selection_diagnostics=d)
+              for r, n, f, d in ((1, 2, 0.5, diag[0]), (2, 5, 0.6, diag[1]))]
+    written = write_report(RunSummary(name="diag", spec_yaml="", rounds=rounds), "memory://alseg-report-diagnostics/out")
+    page = _Page()
+    page.feed(_read(written["html"]).decode())
+    text = " ".join(" ".join(page.text).split())
+    md = _read(written["markdown"]).decode()
+    # pool mean 1.55 / 8 = 19.4 %; bins: empty {0, 0, 0}, then the quartiles of 0.05 .. 0.8 (edges 0.1, 0.2, 0.4):
+    # {0.05, 0.1}, {0.2}, {0.4}, {0.8}. Round 1: (0.8 + 0) / 2 = 40 % in the empty and top bins; round 2:
+    # 0.7 / 3 = 23.3 % in the three middle bins
+    for line in ("Round 1: picks: 2, mean pseudo-label foreground 40.0 % (pool 19.4 %), content bins covered 2/5.",
+                 "Round 2: picks: 3, mean pseudo-label foreground 23.3 % (pool 19.4 %), content bins covered 3/5."):
+        assert line in text and line in md, line
+    assert f"Round 1: {selection_line(diag[0])}." in md  # the CLI prints the same line
+    with pytest.raises(ValueError, match="bins_total"):
+        RoundResult(round=1, n_annotated_patches=1, pool_patches=8, metrics={}, selection_diagnostics={"picks": 1})
+
+
+def test_report_shows_the_embedding_space_against_pixels_and_its_warnings():
+    quality = {"source": "mae", "patches": 100, "pool": 128, "heldout_loss": 0.75, "heldout_mean_predictor": 0.98,
+               "heldout_ratio": 0.75 / 0.98,
+               "embedding": {"r2_pseudolabels": 0.41, "r2_pseudolabels_std": 0.02, "neighbour_ratio_pseudolabels": 0.66,
+                             "participation_ratio": 7.5, "mean_cosine": 0.01},
+               "pixels": {"r2_pseudolabels": 0.05, "r2_pseudolabels_std": 0.02, "neighbour_ratio_pseudolabels": 0.9,
+                          "participation_ratio": 16.0, "mean_cosine": 0.0},
+               "warnings": ["the mae embedding predicts the patches' ground-truth foreground no better than downsampled pixels do"]}
+    written = write_report(RunSummary(name="emb", spec_yaml="", embedding_quality=quality), "memory://alseg-report-embedding/out")
+    page = _Page()
+    page.feed(_read(written["html"]).decode())
+    text = " ".join(" ".join(page.text).split())
+    md = _read(written["markdown"]).decode()
+    for doc in (text, md):
+        assert "Embedding space" in doc and "0.41" in doc and "0.05" in doc and "0.66" in doc
+        assert "ratio 0.765" in doc  # 0.75 / 0.98, held-out loss over the mean predictor's
+        assert "Warning: the mae embedding predicts" in doc
+    assert "Embedding space" not in _read(write_report(RunSummary(name="none", spec_yaml=""), "memory://alseg-report-embedding/none")["markdown"]).decode()

@@ -90,3 +90,71 @@ def test_torch_device_path_picks_the_same(metric):
 def torch_cpu():
     """A torch device string that is not 'cpu' to alseg's dispatch but runs on the CPU."""
     return "cpu:0"
+
+
+def _reference_start(x, start, metric, exclude=()):
+    """The deterministic start spelled out: argmin / argmax of the distance to the candidates' mean."""
+    x = np.asarray(x, dtype=np.float64)
+    free = np.ones(len(x), dtype=bool)
+    free[list(exclude)] = False
+    mean = x[free].mean(axis=0)
+    if metric == "cosine":
+        d = 1.0 - (x @ mean) / np.linalg.norm(mean)
+    else:
+        d = np.linalg.norm(x - mean, axis=1)
+    d = np.where(free, d, np.nan)
+    return int(np.nanargmin(d) if start == "central" else np.nanargmax(d))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("start", ["central", "outlier"])
+def test_deterministic_start_then_reference_greedy(start, metric):
+    raw = _data(1500, 16, seed=9) + np.float32(0.3)  # off-centre, so the mean is not ~0
+    x = normalize_rows(raw) if metric == "cosine" else raw
+    ex = [0, 7, 100, 1499]
+    first = _reference_start(x, start, metric, exclude=ex)
+    res = kcenter_greedy(x, 25, start=start, metric=metric, exclude=ex, chunk_rows=97, seed=3)
+    assert res.start == start and res.n_initial == 1 and res.picks[0] == first and np.isnan(res.distance[0])
+    np.testing.assert_array_equal(res.picks, reference_kcenter(x, 25, [first], exclude=ex, metric=metric))
+    # no seed in it: another seed, the same picks; and the torch code path agrees
+    np.testing.assert_array_equal(res.picks, kcenter_greedy(x, 25, start=start, metric=metric, exclude=ex, seed=11).picks)
+    np.testing.assert_array_equal(res.picks, kcenter_greedy(x, 25, start=start, metric=metric, exclude=ex,
+                                                            device=torch_cpu()).picks)
+
+
+def test_central_and_outlier_on_a_plain_example():
+    """Three points around (1, 0) and one at (-1, 0): the mean points along (1, 0), so (1, 0) is central
+    and (-1, 0) the outlier; without it, the two symmetric points tie and the first wins."""
+    x = normalize_rows(np.array([[1, 0.1], [1, 0], [1, -0.1], [-1, 0]], dtype=np.float32))
+    assert kcenter_greedy(x, 1, start="central").picks.tolist() == [1]
+    assert kcenter_greedy(x, 1, start="outlier").picks.tolist() == [3]
+    # excluded rows are not candidates: neither picked nor part of the mean
+    assert kcenter_greedy(x, 1, start="outlier", exclude=[3]).picks.tolist() == [0]
+
+
+def test_deterministic_start_applies_only_without_annotated_centres():
+    x = normalize_rows(_data(300, 8, seed=10))
+    res = kcenter_greedy(x, 5, annotated=[4, 5], start="central")
+    assert res.start == "annotated" and res.n_initial == 0
+    np.testing.assert_array_equal(res.picks, reference_kcenter(x, 5, [], annotated=[4, 5]))
+    given = kcenter_greedy(x, 5, starts=[9], start="outlier")
+    assert given.start == "given" and given.picks[0] == 9
+    rand = kcenter_greedy(x, 5, seed=1)
+    assert rand.start == "random" and rand.n_initial == 3  # the default keeps the paper's random starts
+    with pytest.raises(SpecError, match="start"):
+        kcenter_greedy(x, 5, start="middle")
+
+
+@pytest.mark.parametrize("start", ["central", "outlier"])
+def test_deterministic_start_streamed_from_a_zarr_store(tmp_path, start):
+    import zarr
+
+    x = normalize_rows(_data(5000, 24, seed=12) + np.float32(0.2))
+    z = zarr.create_array(tmp_path / "emb.zarr", shape=x.shape, chunks=(512, 24), dtype="float32")
+    z[:] = x
+    ex = np.zeros(len(x), dtype=bool)
+    ex[[3, 600, 4999]] = True
+    streamed = kcenter_greedy(z, 20, start=start, exclude=ex, max_memory_bytes=1)
+    in_memory = kcenter_greedy(x, 20, start=start, exclude=ex)
+    np.testing.assert_array_equal(streamed.picks, in_memory.picks)
+    assert streamed.picks[0] == _reference_start(x, start, "cosine", exclude=[3, 600, 4999])

@@ -101,3 +101,19 @@ def test_hybrid_is_diverse_among_the_uncertain():
     assert sel.picks[0] == int(np.argmax(np.where(labels < 3, score, -1)))
     top3 = np.argsort(-score)[:3]
     assert len(set(labels[top3].tolist())) == 1
+
+
+def test_kcenter_strategy_start_from_the_spec():
+    x = normalize_rows(np.random.default_rng(5).standard_normal((400, 16), dtype=np.float32) + np.float32(0.2))
+    central = select_patches(KCenterSelection(budget=4), n=400, embeddings=x, seed=1)  # the default: central
+    assert central.detail["start"] == "central" and central.detail["random_starts"] == 0
+    first = int(np.argmax(x @ x.mean(axis=0)))  # nearest the mean in cosine distance: the largest dot product
+    np.testing.assert_array_equal(central.picks, reference_kcenter(x, 4, [first]))
+    assert np.array_equal(central.picks, select_patches(KCenterSelection(budget=4), n=400, embeddings=x, seed=2).picks)
+    rand = select_patches(KCenterSelection(budget=4, start="random"), n=400, embeddings=x, seed=1)
+    assert rand.detail["start"] == "random" and rand.detail["random_starts"] == 3
+    np.testing.assert_array_equal(rand.picks, reference_kcenter(x, 4, rand.picks[:3]))
+    # later rounds: the annotated patches are the centres, the start does not apply
+    later = select_patches(KCenterSelection(budget=4, start="outlier"), n=400, embeddings=x, annotated=[first])
+    assert later.detail["start"] == "annotated"
+    np.testing.assert_array_equal(later.picks, reference_kcenter(x, 4, [], annotated=[first]))
