@@ -30,7 +30,6 @@ class _EmbedJob:
     boxes: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
     """Per patch: valid start, valid stop, nominal patch shape."""
     norm: dict[str, float]
-    slices: int
     missing_chunks: str = "error"
 
 
@@ -80,7 +79,7 @@ def embed_patches(
     items = []
     for a, b in store.chunk_ranges():
         boxes = [(p.valid.start, p.valid.stop, p.box.shape) for p in patches[a:b]]
-        items.append(WorkItem(f"rows-{a:09d}", _EmbedJob(image_url, level, store.url, a, boxes, norm, slices, missing_chunks)))
+        items.append(WorkItem(f"rows-{a:09d}", _EmbedJob(image_url, level, store.url, a, boxes, norm, missing_chunks)))
     runner.map_workers(EmbedWorker, (checkpoint_url, device, slices), items, workers=workers, resources=resources,
                        markers=CompletionMarkers(work_dir), desc="embeddings", weight=lambda it: len(it.payload.boxes),
                        unit="patch")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from alseg.embed.data import patch_inputs
-from alseg.embed.train import load_bytes, save_bytes
+from alseg.embed.train import load_bytes
 from alseg.geometry import Box
 from alseg.progress import progress_bar
 
@@ -94,10 +94,6 @@ def fit_standardisation(embedder: Embedder, volume: Any, patches: Sequence[Any],
     scale = x.std(axis=0)
     scale[scale < 1e-6 * max(1.0, float(scale.max(initial=0.0)))] = 1.0
     return {"centre": x.mean(axis=0).astype(np.float32), "scale": scale.astype(np.float32)}
-
-
-def save_checkpoint(state: dict[str, Any], url: str) -> None:
-    save_bytes(state, url)
 
 
 def load_embedder(checkpoint_url: str, device: str = "cpu", *, slices: int | None = None) -> tuple[Embedder, dict[str, Any]]:

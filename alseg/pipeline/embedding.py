@@ -74,22 +74,18 @@ def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bo
         state = {"kind": "nnunet", "model_folder": pretrained["model_folder"], "norm": pretrained["norm"],
                  "stage": e.nnunet_stage, "pretrained": pretrained.get("signature_sha256")}
         result = {"model_folder": pretrained["model_folder"], "stage": e.nnunet_stage}
+    from alseg.embed.train import save_bytes
+
     if e.source != "pixels":
         from alseg.embed.sources import fit_standardisation, load_embedder
 
-        _save(state, final)
+        save_bytes(state, final)
         embedder, _ = load_embedder(final, slices=e.slices_per_patch)
         state.update(fit_standardisation(embedder, image, patches, norm, seed=spec.run.seed, progress=progress))
-    _save(state, final)
+    save_bytes(state, final)
     record = {"signature": signature, "signature_sha256": sig_sha, "source": e.source, "img_size_px": e.img_size_px, **result}
     st.write_json(record_url, record)
     return {**record, "checkpoint": final, "reused": False}
-
-
-def _save(state: dict[str, Any], url: str) -> None:
-    from alseg.embed.sources import save_checkpoint
-
-    save_checkpoint(state, url)
 
 
 def _train_mae(spec: JobSpec, e: EmbeddingSpec, image: Any, patches: list[Any], norm: Any, runner: Any, progress: bool,
