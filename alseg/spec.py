@@ -265,6 +265,9 @@ class EmbeddingSpec(_Model):
                                    "(removes shot noise, which no model can predict)")
     context: float = Field(2.0, ge=1.0, description="conv MAE: training crops span this many times the patch's side, "
                            "at random positions in the area around it (same pixel size); 1: the patch's sections alone")
+    embed_stages: list[int] = Field(
+        [1, 2], min_length=1, description="conv MAE: encoder stages (0-3; stage k at 2^k times the input pixel size) whose "
+        "per-channel means over the section form the embedding; the deepest is left out by default (see alseg/embed/cmae.py)")
     backbone: str = Field("vit_tiny_patch16_224", description="vit: timm model name of the encoder (a ViT with a class token)")
     backbone_args: dict[str, int | float | bool] = Field(
         default_factory=dict, description="vit: extra timm arguments, e.g. {embed_dim: 64, depth: 2, num_heads: 2} for a tiny encoder")
@@ -289,6 +292,8 @@ class EmbeddingSpec(_Model):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "EmbeddingSpec":
+        if any(not 0 <= k <= 3 for k in self.embed_stages):
+            raise ValueError(f"embed_stages {self.embed_stages}: the conv MAE has stages 0 to 3")
         if self.model == "conv" and self.backbone_args:
             raise ValueError("backbone_args apply to model: vit (the timm encoder); the conv MAE takes conv_width")
         if self.decoder_dim % self.decoder_heads:

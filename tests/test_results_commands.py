@@ -4,6 +4,7 @@ imports and arguments work; shell scripts parse)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,5 +28,8 @@ def test_each_benchmark_named_in_results_starts_as_written(script):
         cmd = ["bash", "-n", script]
     else:
         cmd = [sys.executable, script, "--help"]
+    before = set(os.listdir(REPO))
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr[-2000:]
+    # --help answers and writes nothing (make_plan.py once took "--help" for its output folder and wrote the plans there)
+    assert set(os.listdir(REPO)) - before == set(), f"{script} --help wrote {sorted(set(os.listdir(REPO)) - before)}"

@@ -144,7 +144,8 @@ def build_mae(spec: Any) -> MaskedAutoencoder | Any:
         from alseg.embed.cmae import ConvMaskedAutoencoder
 
         return ConvMaskedAutoencoder(spec.img_size_px, width=spec.conv_width, block=spec.mask_block_px,
-                                     target_sigma=spec.target_sigma_px, context=spec.context)
+                                     target_sigma=spec.target_sigma_px, context=spec.context,
+                                     embed_stages=tuple(spec.embed_stages))
     encoder = make_encoder(spec.backbone, spec.img_size_px, dict(spec.backbone_args))
     if spec.img_size_px % int(encoder.patch_embed.patch_size[0]):
         raise SpecError(f"embedding.img_size_px {spec.img_size_px} is not a multiple of the backbone's patch size "

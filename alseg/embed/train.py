@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from typing import Any
 
 import torch
@@ -109,7 +110,8 @@ def train_mae(
     Resumes from ``checkpoint_url`` when it holds an unfinished run with the same ``signature``.
     ``max_epochs`` stops after that many epochs in this call (a job with a wall-time limit on a
     shared cluster): the next call resumes where it stopped.
-    Returns the per-epoch mean losses and the fixed-set reconstruction loss before and after.
+    Returns the per-epoch mean losses, the fixed-set reconstruction loss before and after, and the
+    seconds this call spent in the training loop.
     """
 
     n = len(slices)
@@ -141,6 +143,7 @@ def train_mae(
     share = slice(rank * batch // world, (rank + 1) * batch // world)
     bar = progress_bar(total=total, initial=state["epoch"] * steps_per_epoch, desc="MAE training", unit="step",
                disable=not progress or rank != 0)
+    started = time.perf_counter()
     try:
         last = spec.epochs if max_epochs is None else min(spec.epochs, state["epoch"] + max_epochs)
         for epoch in range(state["epoch"], last):
@@ -175,9 +178,11 @@ def train_mae(
                             "generators": {k: g.get_state() for k, g in gens.items()}, **state}, checkpoint_url)
     finally:
         bar.close()
+    seconds = time.perf_counter() - started
     after = eval_loss(model, slices, spec.mask_ratio, seed, device)[0]
     return {"losses": [float(v) for v in state["losses"]], "eval_before": float(state["eval_before"]),
-            "eval_after": float(after), "steps": total, "batch": batch, "slices": n}
+            "eval_after": float(after), "steps": total, "batch": batch, "slices": n,
+            "train_seconds": seconds}  # this call's training loop (a resumed run: only the steps it took)
 
 
 def heldout_figures(model: MaskedAutoencoder, heldout: torch.Tensor, mask_ratio: float, seed: int,

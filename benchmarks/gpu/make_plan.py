@@ -1,12 +1,14 @@
 """Here (CPU): nnU-Net's default 3d_fullres plan (no alseg overrides) for MitoEM-like training
 patches (32 x 512 x 512 at 30 x 8 x 8 nm, the patch shape of configs/mitoem-full.yaml), through
 alseg's own export_dataset + plan_and_preprocess. Copies the plan files to .gpu/plan."""
-import os, shutil, sys, tempfile, json
+import argparse, os, shutil, tempfile, json
 from alseg.geometry import Box
 from alseg.nnunet import IntensityNorm, NnUNetDirs, export_dataset, plan_and_preprocess
 from alseg.synth import SynthParams, write_synthetic
 
-dst = sys.argv[1]
+ap = argparse.ArgumentParser(description=__doc__)
+ap.add_argument("dst", help="folder the plan files are copied to (benchmarks/gpu/run.sh passes .gpu/plan)")
+dst = ap.parse_args().dst
 tmp = tempfile.mkdtemp(prefix="plan-", dir="/tmp")
 url = os.path.join(tmp, "v.zarr")
 write_synthetic(url, SynthParams.preset("easy", shape=(32, 512, 1024), seed=1), chunks=(32, 256, 256))
