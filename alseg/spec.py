@@ -240,6 +240,10 @@ class NnUNetSpec(_Model):
 # --------------------------------------------------------------------------------------------- #
 # embedding
 # --------------------------------------------------------------------------------------------- #
+CONV_MAE_STAGES = 4
+"""Encoder stages of the conv MAE (alseg/embed/cmae.py): stage k at 2^k times the input pixel size."""
+
+
 class EmbeddingSpec(_Model):
     """Embeddings of the candidate patches for diversity selection, from one of three sources.
 
@@ -266,8 +270,9 @@ class EmbeddingSpec(_Model):
     context: float = Field(2.0, ge=1.0, description="conv MAE: training crops span this many times the patch's side, "
                            "at random positions in the area around it (same pixel size); 1: the patch's sections alone")
     embed_stages: list[int] = Field(
-        [1, 2], min_length=1, description="conv MAE: encoder stages (0-3; stage k at 2^k times the input pixel size) whose "
-        "per-channel means over the section form the embedding; the deepest is left out by default (see alseg/embed/cmae.py)")
+        [1, 2], min_length=1, description="conv MAE (ignored by vit, which embeds its mean patch token): encoder stages (0-3; stage k at 2^k times the input pixel size) whose "
+        "per-channel means over the section form the embedding; the deepest is left out by default (see alseg/embed/cmae.py); with weights_path, "
+        "the checkpoint's")
     backbone: str = Field("vit_tiny_patch16_224", description="vit: timm model name of the encoder (a ViT with a class token)")
     backbone_args: dict[str, int | float | bool] = Field(
         default_factory=dict, description="vit: extra timm arguments, e.g. {embed_dim: 64, depth: 2, num_heads: 2} for a tiny encoder")
@@ -291,9 +296,13 @@ class EmbeddingSpec(_Model):
     _url = _urls("weights_path")
 
     @model_validator(mode="after")
+    def _embed_stages(self) -> "EmbeddingSpec":
+        if any(not 0 <= k < CONV_MAE_STAGES for k in self.embed_stages):
+            raise ValueError(f"embed_stages {self.embed_stages}: the conv MAE has stages 0 to {CONV_MAE_STAGES - 1}")
+        return self
+
+    @model_validator(mode="after")
     def _heads_divide(self) -> "EmbeddingSpec":
-        if any(not 0 <= k <= 3 for k in self.embed_stages):
-            raise ValueError(f"embed_stages {self.embed_stages}: the conv MAE has stages 0 to 3")
         if self.model == "conv" and self.backbone_args:
             raise ValueError("backbone_args apply to model: vit (the timm encoder); the conv MAE takes conv_width")
         if self.decoder_dim % self.decoder_heads:

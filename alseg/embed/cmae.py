@@ -14,11 +14,13 @@ Network: four convolution stages (widths w, 2w, 4w, 8w; stride 2 between them; G
 GELU), input the masked section and the mask; a decoder without skip connections (so everything
 it reconstructs passes through the deepest stage) upsamples back. Embedding: the unmasked
 section through the encoder, the per-channel mean over the section of the ``embed_stages``
-(default the second and third, at 2x and 4x the input pixel size), concatenated. Not the
-deepest: at a patch's input side (32 px on VNC) it is a 4 x 4 map, the bottleneck of the
-reconstruction, and pooling it made the space worse (measured on VNC with one trained model:
-R^2 of the mitochondria fraction 0.43 with stages 2-4 pooled by mean and standard deviation,
-0.52 with stages 2-3 by mean; nearest-neighbour content ratio 0.71 and 0.58).
+(stages numbered from 0; default 1 and 2, at 2x and 4x the input pixel size), concatenated.
+Not the deepest (3): at a patch's input side (32 px on VNC) it is a 4 x 4 map, the bottleneck of
+the reconstruction. Measured on VNC with one trained model (benchmarks/embedding.py
+--poolings): R^2 of the mitochondria fraction 0.406 with stages 1-3 pooled by mean and standard
+deviation, 0.521 with stages 1-2 by mean (nearest-neighbour content ratio 0.71 and 0.62). On the
+synthetic volume the spreads help instead (0.825 without, 0.877-0.906 with): the real data
+chose the default.
 
 Training images are ``context`` times the input side (``train_side``): crops at random positions
 of wider sections around the pool's patches, at the same pixel size, so the model sees organelles
@@ -40,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alseg.errors import SpecError
+from alseg.spec import CONV_MAE_STAGES as STAGES
 
-STAGES = 4
 EMBED_STAGES = (1, 2)
 
 
@@ -86,7 +88,7 @@ class ConvMaskedAutoencoder(nn.Module):
             raise SpecError(f"embed_stages {list(embed_stages)}: expected stage numbers from 0 to {STAGES - 1}")
         self.embed_stages = tuple(sorted(set(int(k) for k in embed_stages)))
         self.embed_dim = sum(w[k] for k in self.embed_stages)
-        # channels-last convolutions: 1.36x faster training steps on cpu-2c (538 -> 360 ms per batch of 64 crops of 64 px)
+        # channels-last convolutions: 1.5x faster training steps on cpu-2c (538 -> 360 ms per batch of 64 crops of 64 px)
         self.to(memory_format=torch.channels_last)
 
     @property

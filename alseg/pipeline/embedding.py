@@ -62,8 +62,9 @@ def run_mae(spec: JobSpec, *, runner: Any = None, norm: Any = None, progress: bo
         if record.get("signature_sha256") == sig_sha:
             return {**record, "checkpoint": final, "reused": True}
     patches = patch_grid_of(spec, image.shape).patches()
-    if e.source == "mae":
-        state, result = _train_mae(spec, e, image, patches, norm, runner, progress, sig_sha, model_dir)
+    if e.source == "mae":  # the pooling does not change training: a new embed_stages reuses the trained weights
+        train_sig = digest({**signature, "embedding": {k: v for k, v in params.items() if k != "embed_stages"}})
+        state, result = _train_mae(spec, e, image, patches, norm, runner, progress, train_sig, model_dir)
     elif e.source == "pixels":
         from alseg.embed.sources import fit_pixels
 

@@ -9,7 +9,11 @@ import torch
 from scipy import ndimage
 
 from alseg.embed.cmae import ConvMaskedAutoencoder, gaussian_blur
-from alseg.spec import EmbeddingSpec
+from alseg.embed.mae import build_mae
+from alseg.embed.train import load_bytes, save_bytes
+from alseg.errors import SpecError
+from alseg.spec import EmbeddingSpec, parse_spec
+from tests.pipeline.test_run import _spec_dict
 
 
 def test_gaussian_blur_matches_scipy():
@@ -73,9 +77,46 @@ def test_embedding_is_the_mean_of_the_chosen_stages():
         assert float(model.loss(x, keep, mask)) == pytest.approx(float(plain.loss(x, keep, mask)), rel=1e-4)
 
 
+def test_checkpoint_round_trip_keeps_the_embedding(tmp_path):
+    spec = EmbeddingSpec(img_size_px=32, conv_width=8, embed_stages=[0, 2])
+    model = build_mae(spec).eval()
+    assert model.embed_stages == (0, 2) and model.embed_dim == 8 + 32  # the spec's stages reach the model
+    save_bytes({"model": model.state_dict()}, str(tmp_path / "m.pt"))
+    fresh = build_mae(spec).eval()
+    fresh.load_state_dict(load_bytes(str(tmp_path / "m.pt"))["model"])
+    x = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(fresh.embed(x), model.embed(x), rtol=0, atol=0)
+    with pytest.raises(SpecError, match="stage numbers from 0 to 3"):
+        ConvMaskedAutoencoder(32, embed_stages=(4,))
+
 def test_embed_stages_are_checked():
     assert EmbeddingSpec().embed_stages == [1, 2]
     with pytest.raises(ValueError, match="stages 0 to 3"):
         EmbeddingSpec(embed_stages=[1, 4])
     with pytest.raises(ValueError):
         EmbeddingSpec(embed_stages=[])
+
+
+def test_new_pooling_reuses_the_trained_weights_and_old_checkpoints_are_refused(tmp_path):
+    """``embed_stages`` changes the embedding, not training: a new value refits the standardisation
+    on the same weights. A checkpoint whose standardisation has another width is refused by name."""
+    from alseg.embed.sources import load_embedder
+    from alseg.pipeline.embedding import run_mae
+
+    def spec(**embedding):
+        d = _spec_dict(tmp_path, **{"run.overwrite": True})
+        d["embedding"] = {"epochs": 2, "batch_size": 8, "heldout_slices": 8, "conv_width": 8, **embedding}
+        return parse_spec(d)
+
+    first = run_mae(spec(), progress=False)
+    second = run_mae(spec(embed_stages=[0, 1, 2]), progress=False)
+    assert not second["reused"] and second["signature_sha256"] != first["signature_sha256"]
+    assert second["losses"] == first["losses"] and second["train_seconds"] < first["train_seconds"]
+    b = load_bytes(second["checkpoint"])
+    embedder, std = load_embedder(second["checkpoint"])
+    assert embedder.dim == 8 + 16 + 32 == len(std["centre"])
+    # a checkpoint as an earlier alseg wrote it: the same weights, the standardisation of another pooling
+    old = dict(b, centre=np.zeros(224, np.float32), scale=np.ones(224, np.float32))
+    save_bytes(old, str(tmp_path / "old.pt"))
+    with pytest.raises(SpecError, match="standardises 224 features but its model embeds 56"):
+        load_embedder(str(tmp_path / "old.pt"))
