@@ -242,6 +242,8 @@ class NnUNetSpec(_Model):
 # --------------------------------------------------------------------------------------------- #
 CONV_MAE_STAGES = 4
 """Encoder stages of the conv MAE (alseg/embed/cmae.py): stage k at 2^k times the input pixel size."""
+CONV_MAE_EMBED_STAGES = (1, 2)
+"""The stages the conv MAE's embedding pools by default (``embedding.embed_stages``)."""
 
 
 class EmbeddingSpec(_Model):
@@ -270,7 +272,7 @@ class EmbeddingSpec(_Model):
     context: float = Field(2.0, ge=1.0, description="conv MAE: training crops span this many times the patch's side, "
                            "at random positions in the area around it (same pixel size); 1: the patch's sections alone")
     embed_stages: list[int] = Field(
-        [1, 2], min_length=1, description="conv MAE (ignored by vit, which embeds its mean patch token): encoder stages (0-3; stage k at 2^k times the input pixel size) whose "
+        list(CONV_MAE_EMBED_STAGES), min_length=1, description="conv MAE (ignored by vit, which embeds its mean patch token): encoder stages (0-3; stage k at 2^k times the input pixel size) whose "
         "per-channel means over the section form the embedding; the deepest is left out by default (see alseg/embed/cmae.py); with weights_path, "
         "the checkpoint's")
     backbone: str = Field("vit_tiny_patch16_224", description="vit: timm model name of the encoder (a ViT with a class token)")

@@ -42,9 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alseg.errors import SpecError
+from alseg.spec import CONV_MAE_EMBED_STAGES as EMBED_STAGES
 from alseg.spec import CONV_MAE_STAGES as STAGES
-
-EMBED_STAGES = (1, 2)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

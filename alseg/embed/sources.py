@@ -23,6 +23,7 @@ import torch
 
 from alseg.embed.data import patch_inputs
 from alseg.embed.train import load_bytes
+from alseg.errors import SpecError
 from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.progress import progress_bar
@@ -115,8 +116,6 @@ def load_embedder(checkpoint_url: str, device: str = "cpu", *, slices: int | Non
     model = build_mae(spec)
     model.load_state_dict(ckpt["model"])
     if "centre" in std and len(std["centre"]) != model.embed_dim:
-        from alseg.errors import SpecError
-
         raise SpecError(f"{st.redact(checkpoint_url)} standardises {len(std['centre'])} features but its model embeds "
                         f"{model.embed_dim} (a checkpoint of an earlier alseg, which pooled other stages): train the "
                         "MAE again (remove embedding.weights_path) or use the alseg that wrote it")
