@@ -335,6 +335,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_spec(_checked_spec(args.spec), progress=_progress(args), echo=_training_echo(args))
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """A sweep over a base job spec: strategies x budgets x pretraining x seeds, baselines, tables."""
+    from alseg.experiment import configurations, load_experiment, run_experiment
+
+    exp, base = load_experiment(args.experiment)
+    if args.serial:
+        exp = exp.model_copy(update={"parallel": "serial"})
+    if args.dry_run:
+        for c in configurations(exp, base):
+            _say(f"{c.key}: {c.budget} patches, {'pretrained' if c.pretrained else 'from scratch'}, seed {c.seed}"
+                 f"{', + pixel classifier' if c.forest else ''}")
+        return 0
+    run_experiment(exp, base, say=_say, progress=_progress(args))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Each stage and round of a job: done, stale (and why) or pending, with wall times."""
     return print_status(spec_of(args.target))
@@ -472,6 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
             "'alseg import'), fine-tunes nnU-Net on everything annotated so far and scores it on the held-out region; "
             "the final model predicts the whole volume. Prints the round table.")
     p.add_argument("spec", help="path of the YAML job spec")
+    p = add("experiment", cmd_experiment, "sweep strategies x budgets x pretraining x seeds over a base job; tables",
+            "Run (or resume) a sweep over a base job spec: every strategy at every budget (patch counts or % of the "
+            "candidate pool), with and without pseudo-label pretraining, for every seed, as one-round jobs with "
+            "simulated annotation; pseudo-labels, pretraining and embeddings run once per seed and are shared. Adds "
+            "the baselines (full annotation, pseudo-labels alone, the pretrained model alone, a pixel classifier on "
+            "the same picks, the ground truth through the same post-processing) and writes CSV and Markdown tables "
+            "and learning curves under <dir>/tables. A rerun computes only configurations that are new or changed.")
+    p.add_argument("experiment", help="path of the YAML experiment spec (base, dir, strategies, budgets, ...)")
+    p.add_argument("--serial", action="store_true", help="run configurations one after another, whatever parallel says")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
     p = add("status", cmd_status, "say which stages and rounds of a job are done, stale or pending",
             "For a run directory (its recorded spec) or a spec file (what would re-run under it): each stage, "
             "done / stale (with the fields or upstream stages that changed) / pending, its wall time, and the "

@@ -208,7 +208,8 @@ PseudoLabel = Annotated[
 class PlanOverrides(_Model):
     """Edits to nnU-Net's own plans before training (tests and CPU demos shrink the network)."""
 
-    patch_size_vox: Shape3 | None = None
+    patch_size_vox: Shape3 | tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = Field(
+        None, description="nnU-Net's training patch: (z, y, x), or (y, x) for configuration 2d")
     batch_size: int | None = Field(None, gt=0)
     features_per_stage: tuple[Annotated[int, Field(gt=0)], ...] | None = None
     n_stages: int | None = Field(None, gt=0)
@@ -223,6 +224,8 @@ class TrainingSpec(_Model):
     val_iterations_per_epoch: int = Field(50, ge=0)
     learning_rate: float = Field(1e-2, gt=0.0)
     final_validation: bool = True
+    snapshot_every: int = Field(0, ge=0, description="keep the weights every this many epochs as checkpoint_ep<N>.pth "
+                                "(0: none), e.g. for a learning curve")
 
 
 class NnUNetSpec(_Model):
@@ -235,6 +238,15 @@ class NnUNetSpec(_Model):
     finetune_from: Literal["pretrained", "scratch"] = Field(
         "pretrained", description="each round fine-tunes the model pretrained on pseudo-labels, or trains from scratch "
         "on the annotated patches alone (the paper's 'w/o pretraining' rows)")
+
+    @model_validator(mode="after")
+    def _patch_axes(self) -> "NnUNetSpec":
+        patch = self.plan_overrides.patch_size_vox
+        axes = 2 if self.configuration == "2d" else 3
+        if patch is not None and len(patch) != axes:
+            raise ValueError(f"plan_overrides.patch_size_vox {list(patch)} has {len(patch)} axes; configuration "
+                             f"{self.configuration} trains on {'(y, x) sections' if axes == 2 else '(z, y, x) patches'}")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -339,6 +351,16 @@ class RandomSelection(_Budget):
     method: Literal["random"] = "random"
 
 
+class ForegroundRandomSelection(_Budget):
+    """Random among the patches whose pseudo-labels hold mitochondria, each with probability in
+    proportion to its pseudo-label foreground: the foreground-aware random baseline that
+    label-efficiency studies (nnActive, TMLR 2025) found most query strategies fail to beat."""
+
+    method: Literal["foreground_random"] = "foreground_random"
+    min_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="patches whose pseudo-label foreground fraction is at or "
+                                "below this are picked only when too few others are left (then uniformly)")
+
+
 class KMeansSelection(_Budget):
     method: Literal["kmeans"] = "kmeans"
     iterations: int = Field(25, gt=0)
@@ -370,6 +392,7 @@ Selection = Annotated[
     Union[
         KCenterSelection,
         RandomSelection,
+        ForegroundRandomSelection,
         KMeansSelection,
         EntropySelection,
         LeastConfidenceSelection,

@@ -208,9 +208,9 @@ def check_label_volume(vol: Volume, what: str) -> None:
                         "as one (alseg's create_labels) or as 16-bit or wider integers")
 
 
-def _table_block(job: tuple[str, str, Any]) -> dict[str, Any]:
-    gt_url, pred_url, box = job
-    gt, pred = open_volume(gt_url).read(box), open_volume(pred_url).read(box)
+def _table_block(job: tuple[str, str, Any, int]) -> dict[str, Any]:
+    gt_url, pred_url, box, gt_level = job
+    gt, pred = open_volume(gt_url, level=gt_level).read(box), open_volume(pred_url).read(box)
     negative = {role: int(a.min()) for role, a in (("gt", gt), ("pred", pred)) if a.dtype.kind == "i" and a.size and a.min() < 0}
     if negative:  # reported, not raised: a data error is not worth the runner's retries
         return {"negative": negative}
@@ -225,8 +225,12 @@ def evaluate_volumes(
     block_shape: Sequence[int] | None = None,
     region: Any = None,
     runner: Any = None,
+    gt_level: int = 0,
 ) -> dict[str, Any]:
     """Score the label volume ``pred_url`` against ``gt_url`` (same grid), block by block.
+
+    ``gt_level``: the ground truth's pyramid level on the prediction's grid (a job run at
+    ``input.level`` 1 predicts on level 1; its scores are against the ground truth's level 1).
 
     ``region`` (a :class:`alseg.geometry.Box`) restricts scoring to a sub-volume, e.g. the held-out
     evaluation region. Objects cut by the region are scored by their part inside it. Thresholds and
@@ -235,7 +239,7 @@ def evaluate_volumes(
     from alseg.runtime import SerialRunner, WorkItem
 
     thresholds = check_thresholds(thresholds)
-    gt, pred = open_volume(gt_url), open_volume(pred_url)
+    gt, pred = open_volume(gt_url, level=gt_level), open_volume(pred_url)
     check_label_volume(gt, "ground truth")
     check_label_volume(pred, "labels")
     if gt.shape != pred.shape:
@@ -247,7 +251,7 @@ def evaluate_volumes(
     for b in grid:
         box = Box(tuple(s + o for s, o in zip(b.write.start, region.start)), tuple(s + o for s, o in zip(b.write.stop, region.start)))
         boxes[b.key] = box
-        items.append(WorkItem(b.key, (os.fspath(gt_url), os.fspath(pred_url), box)))
+        items.append(WorkItem(b.key, (os.fspath(gt_url), os.fspath(pred_url), box, gt_level)))
     runner = runner or SerialRunner(progress=False)
     results = runner.map(_table_block, items, desc="score blocks")
     negative = sorted((k, r["negative"]) for k, r in results.items() if "negative" in r)

@@ -2,7 +2,8 @@
 
 The model trained on the pseudo-labels already knows what the data's organelles look like; its
 encoder, run on the whole 3D patch (normalised as for prediction, mirrored up to the nominal patch
-shape and to a multiple of the network's total stride), gives feature maps per stage. The
+shape and to a multiple of the network's total stride; a 2d network on each of its sections),
+gives feature maps per stage. The
 embedding of the patch is the per-channel mean and standard deviation of one stage's map
 (``stage``: an index into the encoder's stages, negative from the deepest). No training.
 """
@@ -19,12 +20,13 @@ from alseg.nnunet.dataset import IntensityNorm
 from alseg.nnunet.predict import load_predictor
 
 
-def _total_stride(encoder: object) -> tuple[int, ...]:
+def _total_stride(encoder: object, ndim: int = 3) -> tuple[int, ...]:
+    """The encoder's total stride on the (z, y, x) patch; a 2d network (``ndim`` 2) has none in z."""
     total = None
     for s in getattr(encoder, "strides", []):
-        s = (s,) * 3 if isinstance(s, int) else tuple(int(v) for v in s)
+        s = (s,) * ndim if isinstance(s, int) else tuple(int(v) for v in s)
         total = s if total is None else tuple(a * b for a, b in zip(total, s))
-    return total or (1, 1, 1)
+    return (1,) * (3 - ndim) + (total or (1,) * ndim)
 
 
 class NnunetFeatures:
@@ -43,7 +45,8 @@ class NnunetFeatures:
         if not -n <= stage < n:
             raise SpecError(f"embedding.nnunet_stage {stage}: the encoder has {n} stages")
         self.stage = stage % n
-        self.stride = _total_stride(self.encoder)
+        self.ndim = len(self.predictor.configuration_manager.patch_size)  # 2: a 2d model sees sections
+        self.stride = _total_stride(self.encoder, self.ndim)
         self.norm = IntensityNorm(**norm)
         self.device = device
         width = getattr(self.encoder, "output_channels", None)
@@ -55,14 +58,16 @@ class NnunetFeatures:
     def _features(self, data: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        # a 3D network sees the patch as one (1, 1, z, y, x) input; a 2d one its sections as a batch
+        x = (x[None, None] if self.ndim == 3 else x[:, None]).to(self.device)
         with torch.no_grad():
             h = x
             for k, stage in enumerate(self.encoder.stages):
                 h = stage(h)
                 if k == self.stage:
                     break
-            f = h[0].float().flatten(1)
+            f = h.float().transpose(0, 1).flatten(1)  # channels x (sections and voxels)
             return torch.cat([f.mean(dim=1), f.std(dim=1, unbiased=False)]).cpu().numpy()
 
     def embed_patch(self, volume: object, valid: Box, nominal: Sequence[int], norm: object) -> np.ndarray:

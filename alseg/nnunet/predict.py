@@ -237,7 +237,8 @@ def predict_volume(
     if configuration not in plans["configurations"]:
         raise SpecError(f"{model_folder} is not an nnU-Net model folder (<trainer>__<plans>__<configuration>)")
     spacing = [float(s) for s in plans["configurations"][configuration]["spacing"]]
-    if any(abs(a - b) > 1e-3 * b for a, b in zip(image.voxel_size_nm, spacing)):
+    # a 2d configuration plans the in-plane (y, x) spacing only: compare the trailing axes
+    if any(abs(a - b) > 1e-3 * b for a, b in zip(image.voxel_size_nm[-len(spacing):], spacing)):
         raise SpecError(f"the model was trained at {spacing} nm, the volume has {image.voxel_size_nm} nm voxels: "
                         "predict on the pyramid level that matches (input.level)")
     runner = runner or SerialRunner(progress=False)
@@ -250,7 +251,8 @@ def predict_volume(
                      voxel_size_nm=image.voxel_size_nm, levels=1, name="probability")
     worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring))
     patch = tuple(int(p) for p in plans["configurations"][configuration]["patch_size"])
-    fits = all(s >= p for s, p in zip(image.shape, patch))
+    fits = len(patch) == 3 and all(s >= p for s, p in zip(image.shape, patch))
+    # global tiling places 3D tiles; a 2d model predicts section by section with halo tiling
     if tiling == "global" and fits and region is None:
         import tempfile
 

@@ -9,7 +9,7 @@ from alseg.spec import JobSpec
 
 def evaluate(spec: JobSpec, labels_url: str, *, runner: Any = None, holdout_only: bool = False) -> dict[str, Any]:
     """Score a label volume against the spec's ground truth at its IoU thresholds (on the held-out
-    evaluation region only, with ``holdout_only``)."""
+    evaluation region only, with ``holdout_only``), on the grid of ``input.level``."""
     from alseg.errors import SpecError
     from alseg.evaluate.metrics import evaluate_volumes
     from alseg.spec import ground_truth_url
@@ -23,4 +23,5 @@ def evaluate(spec: JobSpec, labels_url: str, *, runner: Any = None, holdout_only
         from alseg.preflight import holdout_of
 
         region = holdout_of(spec, open_volume(labels_url).shape)
-    return evaluate_volumes(gt, labels_url, thresholds=spec.evaluation.iou_thresholds, runner=runner, region=region)
+    return evaluate_volumes(gt, labels_url, thresholds=spec.evaluation.iou_thresholds, runner=runner, region=region,
+                            gt_level=spec.input.level)

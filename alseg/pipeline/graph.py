@@ -31,7 +31,7 @@ from alseg.pipeline.rounds import AwaitingAnnotation, picks_of, run_annotation, 
 from alseg.pipeline.selection import run_scores, run_select
 from alseg.rundir import claim
 from alseg.runtime import Runner, runner_from_spec
-from alseg.select import needs_embeddings, uncertainty_measure
+from alseg.select import needs_embeddings, needs_pseudolabels, uncertainty_measure
 from alseg.spec import JobSpec, ground_truth_url
 
 INPUT = ("input.url", "input.level", "input.missing_chunks")
@@ -125,6 +125,8 @@ def plan(spec: JobSpec) -> list[Stage]:
         out.append(_evaluation_stage(0, eval_fields))
     for r in range(1, rounds + 1):
         up: list[str] = ["embed"] if diversity else []
+        if needs_pseudolabels(sel):
+            up.append("pseudolabels")
         if r > 1:
             up.append(f"annotate-{r - 1:02d}")
         if uncertainty_measure(sel) is not None:

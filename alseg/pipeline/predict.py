@@ -49,7 +49,6 @@ def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | 
     """
     from alseg.nnunet import IntensityNorm
     from alseg.nnunet.predict import predict_volume
-    from alseg.postprocess.stitch import label_components
     from alseg.runtime import runner_from_spec
 
     claim(spec)
@@ -71,26 +70,36 @@ def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | 
                        device=device, mirroring=p.mirroring, tiling=p.tiling, missing_chunks=spec.input.missing_chunks,
                        region=region)
         build_pyramid(classes_url, kind="mode", runner=runner, work_dir=work)
-        image = input_volume(spec)
         q = spec.postprocess
         mask_url = st.join(out_dir, "mask.zarr")
         if not st.exists(st.join(mask_url, "zarr.json")):
-            create_label_image(mask_url, like=image, chunks=q.block_shape_vox, dtype="uint8", name="mitochondria-mask", kind="prediction")
+            create_label_image(mask_url, like=input_volume(spec), chunks=q.block_shape_vox, dtype="uint8", name="mitochondria-mask",
+                               kind="prediction")
         map_volume(_classes_to_mask, [classes_url], mask_url, block_shape=q.block_shape_vox, runner=runner, work_dir=work, name="mask")
-        inst_url = st.join(out_dir, "instances.zarr")
-        if not st.exists(st.join(inst_url, "zarr.json")):
-            create_label_image(inst_url, like=image, chunks=q.block_shape_vox, name="mitochondria", kind="prediction")
-        if q.watershed == "none":
-            info = label_components(mask_url, inst_url, block_shape=q.block_shape_vox, work_dir=st.join(work, "instances"),
-                                    connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
-        elif q.watershed == "distance":
-            from alseg.postprocess.watershed import split_instances
-
-            info = split_instances(mask_url, inst_url, block_shape=q.block_shape_vox, halo=q.halo_vox, work_dir=st.join(work, "instances"),
-                                   seed_distance_nm=q.seed_distance_nm, connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
-        else:
-            raise SpecError("postprocess.watershed: boundary needs a boundary probability map, which prediction does not write yet; use distance")
-        return {"classes": classes_url, "mask": mask_url, "instances": inst_url, "objects": info["objects"], "model_folder": model_folder}
+        info = instances_of_mask(spec, mask_url, st.join(out_dir, "instances.zarr"), work_dir=st.join(work, "instances"), runner=runner)
+        return {"classes": classes_url, "mask": mask_url, "instances": info["url"], "objects": info["objects"], "model_folder": model_folder}
     finally:
         if own:
             runner.close()
+
+
+def instances_of_mask(spec: JobSpec, mask_url: str, instances_url: str, *, work_dir: str, runner: Runner) -> dict[str, Any]:
+    """The post-processing stage on a foreground mask (on the grid of ``input.level``): 3D
+    instances (``postprocess``: connectivity, small objects dropped, optional distance watershed)
+    into ``instances_url``; ``{"url", "objects"}``. Resumable through ``work_dir``."""
+    from alseg.postprocess.stitch import label_components
+
+    q = spec.postprocess
+    if not st.exists(st.join(instances_url, "zarr.json")):
+        create_label_image(instances_url, like=input_volume(spec), chunks=q.block_shape_vox, name="mitochondria", kind="prediction")
+    if q.watershed == "none":
+        info = label_components(mask_url, instances_url, block_shape=q.block_shape_vox, work_dir=work_dir,
+                                connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
+    elif q.watershed == "distance":
+        from alseg.postprocess.watershed import split_instances
+
+        info = split_instances(mask_url, instances_url, block_shape=q.block_shape_vox, halo=q.halo_vox, work_dir=work_dir,
+                               seed_distance_nm=q.seed_distance_nm, connectivity=q.connectivity, min_size_vox=q.min_size_vox, runner=runner)
+    else:
+        raise SpecError("postprocess.watershed: boundary needs a boundary probability map, which prediction does not write yet; use distance")
+    return {"url": instances_url, "objects": info["objects"]}

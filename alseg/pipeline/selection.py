@@ -143,7 +143,7 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
     record whose diagnostics describe other pseudo-labels gets them anew, its picks unchanged."""
     from alseg.embed import EmbeddingStore
     from alseg.errors import SpecError
-    from alseg.select import needs_embeddings, select_patches, uncertainty_measure
+    from alseg.select import needs_embeddings, needs_pseudolabels, select_patches, uncertainty_measure
 
     claim(spec)
     strategy = spec.selection
@@ -167,11 +167,16 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
         image = input_volume(spec)
         boxes = np.asarray([(*p.valid.start, *p.valid.stop) for p in patch_grid_of(spec, image.shape).patches()])
     n = len(boxes)
+    labels = _pseudolabels_of(spec, pseudolabel_url)
+    if needs_pseudolabels(strategy):
+        if labels is None:
+            raise SpecError(f"selection.method {strategy.method!r} weighs patches by their pseudo-label foreground: run the "
+                            "pseudo-label stage first (alseg pseudolabel)")
+        scores = {"foreground": pool_foreground(spec, labels, boxes, progress=progress)[0]}
     seed = spec.run.seed * 1000 + round_index
     signature = digest({"strategy": strategy.model_dump(mode="json"), "embeddings": store_sig, "annotated": annotated,
                          "seed": seed, "scores": None if scores is None else digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
     url = selection_url(spec, round_index)
-    labels = _pseudolabels_of(spec, pseudolabel_url)
     if st.exists(url):
         prev = st.read_json(url)
         if prev.get("signature_sha256") == signature:

@@ -71,7 +71,9 @@ class PatchScorer:
         for m in self.dropout:
             m.register_forward_pre_hook(self._dropout_on)
         axes = getattr(self.block.predictor, "allowed_mirroring_axes", None)
-        self.axes = tuple(int(a) for a in (axes if axes is not None else (0, 1, 2)))
+        # a 2d model mirrors the axes of its sections: (y, x) of the 3D patch
+        offset = 3 - len(self.block.predictor.configuration_manager.patch_size)
+        self.axes = tuple(int(a) + offset for a in (axes if axes is not None else (0, 1, 2)[offset:]))
 
     def _dropout_on(self, module: Any, _inputs: Any) -> None:
         module.train(self._sampling)

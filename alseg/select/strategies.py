@@ -34,6 +34,26 @@ def needs_embeddings(strategy: Any) -> bool:
     return strategy.method in DIVERSITY
 
 
+def needs_pseudolabels(strategy: Any) -> bool:
+    """Whether a strategy weighs patches by their pseudo-label foreground (``scores["foreground"]``)."""
+    return strategy.method == "foreground_random"
+
+
+def foreground_random_picks(fractions: np.ndarray, budget: int, blocked: np.ndarray, *, min_fraction: float,
+                            seed: int) -> tuple[np.ndarray, int]:
+    """``budget`` rows drawn without replacement with probability in proportion to ``fractions``
+    among the rows above ``min_fraction``; when fewer are left, all of them and the rest uniformly
+    from the others. Returns the picks and how many came from the uniform fill."""
+    rng = np.random.default_rng(seed)
+    eligible = np.flatnonzero(~blocked & (fractions > min_fraction))
+    if len(eligible) >= budget:
+        w = fractions[eligible]
+        return rng.choice(eligible, size=budget, replace=False, p=w / w.sum()).astype(np.int64), 0
+    rest = np.flatnonzero(~blocked & ~(fractions > min_fraction))
+    fill = rng.choice(rest, size=budget - len(eligible), replace=False)
+    return np.concatenate([rng.permutation(eligible), fill]).astype(np.int64), int(len(fill))
+
+
 def uncertainty_measure(strategy: Any) -> str | None:
     """The uncertainty score a strategy ranks by (None for pure diversity / random)."""
     if strategy.method == "hybrid":
@@ -147,6 +167,14 @@ def select_patches(
     if method == "random":
         picks = np.random.default_rng(seed).choice(np.flatnonzero(~blocked), size=budget, replace=False)
         return Selection(picks.astype(np.int64), method)
+    if method == "foreground_random":
+        if scores is None or "foreground" not in scores:
+            raise SpecError("selection method 'foreground_random' needs the pseudo-label foreground of every candidate")
+        fractions = np.asarray(scores["foreground"], dtype=np.float64)
+        if fractions.shape != (n,) or not np.isfinite(fractions).all() or (fractions < 0).any():
+            raise SpecError(f"foreground fractions of shape {fractions.shape} for {n} candidates (finite, >= 0 expected)")
+        picks, filled = foreground_random_picks(fractions, budget, blocked, min_fraction=strategy.min_fraction, seed=seed)
+        return Selection(picks, method, {"foreground": fractions[picks].tolist(), "uniform_fill": filled})
     if method == "kcenter":
         res = kcenter_greedy(embeddings, budget, annotated=annotated if strategy.initial == "annotated" else (),
                              n_initial=strategy.n_initial, start=strategy.start, seed=seed, metric=strategy.distance,

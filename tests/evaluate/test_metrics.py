@@ -197,3 +197,25 @@ def test_iou_threshold_outside_unit_interval_is_a_spec_error_before_any_block(gt
         evaluate_volumes(gt_url, gt_url, thresholds=(0.5, bad), runner=NoBlocks())
     with pytest.raises(SpecError):
         match_instances(overlap_table(np.ones((1, 2, 2), np.uint8), np.ones((1, 2, 2), np.uint8)), bad)
+
+
+def test_ground_truth_level_matches_a_coarser_prediction(tmp_path):
+    """A job at input.level 1 predicts on level 1: its labels are scored against the ground truth's level 1."""
+    from alseg.io.omezarr import create_label_image, open_volume
+    from alseg.pyramid import build_pyramid
+
+    rng = np.random.default_rng(1)
+    gt, _ = ndimage.label(ndimage.gaussian_filter(rng.random((8, 64, 64)), 2) > 0.52)
+    img = create_image(tmp_path / "img.zarr", shape=gt.shape, dtype="uint8", chunks=(4, 16, 16), voxel_size_nm=(8, 8, 8),
+                       levels=2)
+    g = create_labels(img.url, "gt")
+    g.write(g.bounds, gt.astype(np.uint32))
+    build_pyramid(g.url, kind="mode")
+    coarse = open_volume(g.url, level=1).read()
+    assert coarse.shape != gt.shape
+    p = create_label_image(tmp_path / "pred.zarr", like=open_volume(img.url, level=1), chunks=(4, 16, 16), name="pred")
+    pred, _ = ndimage.label(ndimage.binary_erosion(coarse > 0))
+    p.write(p.bounds, pred.astype(np.uint32))
+    assert evaluate_volumes(g.url, p.url, gt_level=1) == score_table(overlap_table(coarse, pred))
+    with pytest.raises(Exception, match="differ in shape"):
+        evaluate_volumes(g.url, p.url)

@@ -117,3 +117,28 @@ def test_kcenter_strategy_start_from_the_spec():
     later = select_patches(KCenterSelection(budget=4, start="outlier"), n=400, embeddings=x, annotated=[first])
     assert later.detail["start"] == "annotated"
     np.testing.assert_array_equal(later.picks, reference_kcenter(x, 4, [], annotated=[first]))
+
+
+def test_foreground_random_draws_in_proportion_to_foreground():
+    from alseg.spec import ForegroundRandomSelection
+
+    fractions = np.array([0.0, 0.1, 0.3, 0.0, 0.6, 0.0])
+    strategy = ForegroundRandomSelection(budget=1)
+    firsts = np.array([select_patches(strategy, n=6, scores={"foreground": fractions}, seed=s).picks[0] for s in range(3000)])
+    freq = np.bincount(firsts, minlength=6) / len(firsts)
+    # the first pick of a weighted draw: P(i) = f_i / sum f (a plain computation, 3000 draws: +- 0.03)
+    np.testing.assert_allclose(freq, fractions / fractions.sum(), atol=0.03)
+    assert freq[[0, 3, 5]].sum() == 0, "patches without pseudo-label foreground are not drawn while others are left"
+    # annotated patches are never drawn; too few with foreground: all of them, the rest uniformly
+    sel = select_patches(ForegroundRandomSelection(budget=4), n=6, scores={"foreground": fractions}, annotated=[4], seed=1)
+    assert 4 not in sel.picks and set(sel.picks[:2]) == {1, 2} and sel.detail["uniform_fill"] == 2
+    assert len(set(sel.picks.tolist())) == 4
+    same = select_patches(ForegroundRandomSelection(budget=4), n=6, scores={"foreground": fractions}, annotated=[4], seed=1)
+    assert np.array_equal(sel.picks, same.picks), "seeded"
+    # a threshold moves patches to the uniform fill
+    sel = select_patches(ForegroundRandomSelection(budget=2, min_fraction=0.2), n=6, scores={"foreground": fractions}, seed=0)
+    assert set(sel.picks) == {2, 4}
+    with pytest.raises(SpecError, match="foreground"):
+        select_patches(strategy, n=6, seed=0)
+    with pytest.raises(SpecError, match="shape"):
+        select_patches(strategy, n=6, scores={"foreground": fractions[:5]}, seed=0)

@@ -2,8 +2,12 @@
 
 nnU-Net sets epochs, iterations and the learning rate as trainer attributes, so stock usage needs a
 subclass per value. This trainer reads them from ``ALSEG_NNUNET_SCHEDULE`` (JSON: ``epochs``,
-``iterations_per_epoch``, ``val_iterations_per_epoch``, ``learning_rate``, ``final_validation``),
-which alseg sets in the training subprocess's own environment.
+``iterations_per_epoch``, ``val_iterations_per_epoch``, ``learning_rate``, ``final_validation``,
+``snapshot_every``), which alseg sets in the training subprocess's own environment.
+
+``snapshot_every`` (epochs, 0: none) keeps a copy of the weights every that many epochs as
+``checkpoint_ep<N>.pth`` beside nnU-Net's own checkpoints, so a learning curve can be measured
+from one training run.
 """
 
 import json
@@ -23,6 +27,13 @@ class nnUNetTrainerAlseg(nnUNetTrainer):
         self.initial_lr = float(schedule.get("learning_rate", self.initial_lr))
         self.alseg_final_validation = bool(schedule.get("final_validation", True))
         self.save_every = max(1, min(self.save_every, self.num_epochs))
+        self.alseg_snapshot_every = int(schedule.get("snapshot_every", 0))
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch + 1  # epochs finished once this one ends
+        super().on_epoch_end()
+        if self.alseg_snapshot_every and epoch % self.alseg_snapshot_every == 0:
+            self.save_checkpoint(os.path.join(self.output_folder, f"checkpoint_ep{epoch}.pth"))
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.alseg_final_validation:

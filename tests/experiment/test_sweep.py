@@ -1,0 +1,180 @@
+"""`alseg experiment` on a tiny synthetic volume: 2 strategies x 2 budgets x 2 seeds (+ full annotation
+and the baselines). Upstream stages run once per seed; a sweep killed half way resumes without
+recomputing finished configurations; the tables equal the individual runs' records; the pixel
+classifier baseline equals a forest fitted directly on the same patches.
+
+Real nnU-Net (tiny plans), real pseudo-labels, simulated annotation from the ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from alseg.errors import SpecError
+from alseg.experiment import budget_patches, configurations, load_experiment, run_experiment
+from alseg.experiment.spec import ExperimentSpec
+from alseg.experiment.tables import METRICS, metric
+from alseg.io.omezarr import open_volume
+from alseg.pipeline.records import read_record
+
+TRAIN = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "final_validation": False}
+
+
+def _base(tmp: Path) -> dict:
+    from alseg.synth import SynthParams, write_synthetic
+
+    url = tmp / "v.zarr"
+    if not url.exists():
+        # 6 of the 9 pool patches hold mitochondria, the held-out half 4 objects
+        write_synthetic(url, SynthParams.preset("easy", shape=(16, 96, 96), seed=1, mito_per_um3=30.0))
+    return {"name": "tiny", "input": {"url": str(url), "ground_truth": "mitochondria"}, "run": {"dir": str(tmp / "unused")},
+            "patches": {"shape_vox": [8, 32, 32], "holdout": {"kind": "fraction", "axis": "z", "fraction": 0.5}},
+            "pseudolabel": {"method": "classical", "block_shape_vox": [8, 96, 96], "halo_px": 16, "min_size_vox": 20},
+            "nnunet": {"device": "cpu", "plan_overrides": {"patch_size_vox": [8, 32, 32], "batch_size": 2, "n_stages": 3,
+                                                            "features_per_stage": [4, 8, 16]},
+                       "pretrain": TRAIN, "finetune": {**TRAIN, "learning_rate": 0.003}},
+            "embedding": {"source": "pixels", "pixels_dim": 4, "slices_per_patch": 2},
+            "selection": {"method": "random", "budget": 1},
+            "prediction": {"block_shape_vox": [8, 96, 96], "halo_vox": [0, 8, 8]},
+            "postprocess": {"block_shape_vox": [8, 96, 96], "min_size_vox": 5},
+            "resources": {"backend": "serial"}}
+
+
+def _experiment(tmp: Path, **over) -> Path:
+    (tmp / "base.yaml").write_text(yaml.safe_dump(_base(tmp)))
+    exp = {"name": "tiny-sweep", "base": "base.yaml", "dir": str(tmp / "sweep"),
+           "strategies": [{"selection": {"method": "kcenter", "n_initial": 1}}, {"selection": {"method": "random"}}],
+           "budgets": [1, 2], "pretraining": [True], "seeds": [0, 1], **over}
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_experiment_spec_is_checked(tmp_path):
+    assert budget_patches("25%", 8) == 2 and budget_patches(3, 8) == 3
+    with pytest.raises(SpecError, match="whole patches"):
+        budget_patches("5%", 8)
+    with pytest.raises(SpecError, match="exceeds"):
+        budget_patches(9, 8)
+    with pytest.raises(ValueError, match="set by the sweep"):
+        ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random", "budget": 3}}], budgets=[1])
+    with pytest.raises(ValueError, match="must differ"):
+        ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random"}}] * 2, budgets=[1])
+    with pytest.raises(ValueError, match="percentage"):
+        ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random"}}], budgets=["half"])
+    exp, base = load_experiment(_experiment(tmp_path))
+    configs = configurations(exp, base)
+    # 2 strategies x 2 budgets x 2 seeds, and full annotation (the 9 pool patches) per seed
+    assert len(configs) == 10 and sorted({c.budget for c in configs}) == [1, 2, 9]
+    assert {c.key for c in configs if c.strategy == "full"} == {"full__b0009__pre__s0", "full__b0009__pre__s1"}
+    assert all(c.forest == (c.strategy != "full") for c in configs)
+    assert len({c.shared for c in configs}) == 2, "one shared upstream per seed"
+    with pytest.raises(SpecError, match="whole patches"):
+        configurations(exp.model_copy(update={"budgets": ["5%"]}), base)
+
+
+def _mtimes(root: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in (root / "results").glob("*.json")}
+
+
+@pytest.mark.slow
+def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tmp_path):
+    path = _experiment(tmp_path)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "alseg.cli", "experiment", str(path), "-q"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while len(_mtimes(sweep)) < 3:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "three configurations never finished"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = _mtimes(sweep)
+    assert 3 <= len(finished) < 10, "killed half way"
+
+    exp, base = load_experiment(path)
+    said: list[str] = []
+    out = run_experiment(exp, base, say=said.append, progress=False)
+    assert any(f"({len(finished)} done before)" in line for line in said), said[:3]
+    assert {k: v for k, v in _mtimes(sweep).items() if k in finished} == finished, "finished configurations are not recomputed"
+    results = out["results"]
+    assert len(results) == 10 and all(r["scores"] is not None for r in results)
+
+    # upstream once per seed: every configuration reuses its seed's pseudo-labels and pretrained model
+    configs = {c.key: c for c in configurations(exp, base)}
+    for seed in (0, 1):
+        shared = sorted({c.shared for c in configs.values() if c.seed == seed})
+        assert len(shared) == 1
+        tokens = {k: json.loads((Path(shared[0]) / "stages" / f"{k}.json").read_text())["token"]
+                  for k in ("pseudolabels", "pretrain", "embed-model", "embed", "evaluate-00")}
+        for r in results:
+            if r["seed"] == seed:
+                assert {k: r["tokens"][k] for k in tokens} == tokens, r["key"]
+        logs = list((sweep / "shared").glob(f"seed-{seed}/nnunet/logs/train-001.log"))
+        assert len(logs) == 1
+        run_logs = [p for p in (sweep / "runs").glob(f"*__s{seed}/nnunet/logs/train-001.log")]
+        assert run_logs and all(p.stat().st_ino == logs[0].stat().st_ino for p in run_logs), "pretraining ran once, linked"
+    assert len({r["tokens"]["pretrain"] for r in results}) == 2, "and each seed has its own"
+
+    # the tables against the runs' own evaluation records
+    rows = list(csv.DictReader(open(sweep / "tables" / "budgets.csv")))
+    for (strategy, budget) in [("kcenter", 1), ("kcenter", 2), ("random", 1), ("random", 2), ("full", 9)]:
+        vals = []
+        for seed in (0, 1):
+            spec = configs[f"{strategy}__b{budget:04d}__pre__s{seed}"].spec
+            vals.append(read_record(spec, "evaluate-01")["result"]["scores"])
+        row = next(r for r in rows if r["strategy"] == strategy and int(r["budget"]) == budget)
+        for name, p in METRICS:
+            want = np.nanmean([metric(v, p) for v in vals])
+            assert float(row[name]) == pytest.approx(want, abs=1e-6), (strategy, budget, name)
+        assert float(row["f1@0.5_std"]) == pytest.approx(np.std([metric(v, ("at", "0.5", "f1")) for v in vals]), abs=1e-6)
+    md = (sweep / "tables" / "budgets.md").read_text()
+    for label in ("pixel classifier (forest)", "pseudo-labels alone", "pretrained model alone", "ceiling", "| full |"):
+        assert label in md
+    assert (sweep / "tables" / "curves.png").stat().st_size > 1000 and (sweep / "tables" / "strategies.md").exists()
+
+    # a new budget runs only what is new
+    said.clear()
+    more = exp.model_copy(update={"budgets": [1, 2, 3]})
+    out = run_experiment(more, base, say=said.append, progress=False)
+    assert any("(10 done before)" in line for line in said) and len(out["results"]) == 14
+
+
+@pytest.mark.slow
+def test_pixel_classifier_baseline_equals_a_direct_forest_on_the_same_patches(tmp_path):
+    from alseg.baselines.forest import ForestClassifier
+    from alseg.evaluate.metrics import overlap_table, score_table
+    from alseg.experiment.baselines import forest_scores
+    from alseg.geometry import Box
+    from alseg.spec import parse_spec
+
+    spec = parse_spec({**_base(tmp_path), "run": {"dir": str(tmp_path / "run")}})
+    boxes = [Box((0, 0, 0), (8, 32, 32)), Box((0, 32, 64), (8, 64, 96))]
+    got = forest_scores(spec, boxes, str(tmp_path / "forest"), seed=3)
+    url = spec.input.url
+    image, gt = open_volume(url).read(), open_volume(url + "/labels/mitochondria").read()
+    direct = ForestClassifier((30.0, 8.0, 8.0), random_state=3).fit([image[b.slices] for b in boxes], [gt[b.slices] for b in boxes], seed=3)
+    mask = np.zeros(gt.shape, bool)
+    mask[8:] = direct.predict_proba(image[8:]) > 0.5  # whole sections: no block edges
+    assert np.array_equal(open_volume(str(tmp_path / "forest" / "mask.zarr")).read() > 0, mask)
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(lab.ravel())
+    lab[np.isin(lab, np.flatnonzero(sizes < 5))] = 0
+    want = score_table(overlap_table(gt[8:], lab[8:]))
+    assert got["scores"]["at"]["0.5"]["f1"] == pytest.approx(want["at"]["0.5"]["f1"])
+    assert got["scores"]["foreground_iou"] == pytest.approx(want["foreground_iou"])
+    assert got["patches"] == 2
