@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     overrides = {"patch_size_vox": args.patch, "batch_size": args.batch, "features_per_stage": args.features,
                  "n_stages": len(args.features)}
     if not os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
-        export_dataset(dirs, 1, name, url, labels_url, boxes, norm=norm, level=args.level)
+        export_dataset(dirs, 1, name, url, labels_url, boxes, norm=norm, level=args.level, labels_level=args.level)
         plans = plan_and_preprocess(dirs, 1, configuration=args.configuration, overrides=overrides)
         conf = plans["configurations"][args.configuration]
         print(f"plan: patch {conf['patch_size']}, batch {conf['batch_size']}, spacing {conf['spacing']}, "

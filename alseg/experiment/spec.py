@@ -63,7 +63,8 @@ class ExperimentSpec(_Model):
     budgets: list[Budget] = Field(min_length=1, description="patches per configuration: counts, or percentages of the "
                                   "candidate pool written '5%' (they must come to whole patches)")
     pretraining: list[bool] = Field([True], min_length=1, description="fine-tune the model pretrained on pseudo-labels "
-                                    "(true) or train from scratch on the annotated patches (false)")
+                                    "(true) or train from scratch on the annotated patches (false); strategies that "
+                                    "need the pretrained model (uncertainty, hybrid, nnunet embeddings) run with true only")
     seeds: list[int] = Field([0], min_length=1)
     baselines: list[Literal["full", "pseudolabels", "pretrained", "forest", "ceiling"]] = Field(list(BASELINES))
     parallel: Literal["serial", "ray"] = Field(

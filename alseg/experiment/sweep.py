@@ -137,7 +137,12 @@ def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
                 spec = _job(base, os.path.join(root, "runs", key), seed, {**strategy.selection, "budget": budget},
                             source=strategy.embedding_source, pretrained=pre, serial=exp.parallel == "ray")
                 source = spec.embedding.source if needs_embeddings(spec.selection) else None
-                plan(spec)  # raises on combinations the job graph refuses (e.g. nnunet features without pretraining)
+                try:
+                    plan(spec)  # raises on combinations the job graph refuses
+                except SpecError:
+                    if pre:
+                        raise
+                    continue  # needs the pretrained model (uncertainty in round 1, nnunet features): with pretraining only
                 forest = "forest" in exp.baselines and pre == exp.pretraining[0] and name != "full"
                 out.append(Config(key, name, budget, pre, seed, spec, dirs.get(source, first), forest))
     return out

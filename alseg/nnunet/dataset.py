@@ -86,9 +86,14 @@ def export_dataset(
     boundary: bool = False,
     annotated_url: str | None = None,
     level: int = 0,
+    labels_level: int = 0,
     missing_chunks: str = "error",
 ) -> dict[str, Any]:
     """Write the raw dataset ``Dataset<id>_<name>``; returns its dataset.json plus its folder.
+
+    ``level`` is the image's pyramid level; ``labels_level`` the labels' level on the same grid
+    (0 for what alseg writes at the job's level: pseudo-labels, the annotation store; ``level``
+    for a ground truth with its own pyramid). ``annotated_url`` is read at its level 0.
 
     ``annotated_url`` (optional, a 0/1 volume) marks annotated voxels; the rest of each patch
     gets the ignore label, so sparse annotations train only where they exist.
@@ -100,10 +105,12 @@ def export_dataset(
     if not boxes:
         raise DataError("no patches to export: an nnU-Net dataset needs at least one case")
     image = open_volume(image_url, level=level, missing_chunks=missing_chunks)
-    labels = open_volume(labels_url, level=level)
+    labels = open_volume(labels_url, level=labels_level)
     if labels.shape != image.shape:
-        raise DataError(f"labels of shape {labels.shape} do not match the image {image.shape}")
-    annotated = open_volume(annotated_url, level=level) if annotated_url else None
+        raise DataError(f"labels of shape {labels.shape} (level {labels_level}) do not match the image {image.shape} (level {level})")
+    annotated = open_volume(annotated_url) if annotated_url else None
+    if annotated is not None and annotated.shape != image.shape:
+        raise DataError(f"the annotated-voxel mask of shape {annotated.shape} does not match the image {image.shape} (level {level})")
     folder = os.path.join(dirs.make().raw, dataset_name(dataset_id, name))
     images_tr, labels_tr = os.path.join(folder, "imagesTr"), os.path.join(folder, "labelsTr")
     os.makedirs(images_tr, exist_ok=True)

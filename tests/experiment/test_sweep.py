@@ -178,3 +178,21 @@ def test_pixel_classifier_baseline_equals_a_direct_forest_on_the_same_patches(tm
     assert got["scores"]["at"]["0.5"]["f1"] == pytest.approx(want["at"]["0.5"]["f1"])
     assert got["scores"]["foreground_iou"] == pytest.approx(want["foreground_iou"])
     assert got["patches"] == 2
+
+
+def test_the_example_experiment_specs_are_valid():
+    repo = Path(__file__).resolve().parents[2]
+    found = sorted((repo / "configs" / "experiments").glob("*.yaml"))
+    assert found
+    for path in found:
+        exp, base = load_experiment(path)
+        assert base.patches.holdout is not None and base.input.ground_truth, path
+
+
+def test_strategies_that_need_the_pretrained_model_run_with_pretraining_only(tmp_path):
+    path = _experiment(tmp_path, strategies=[{"selection": {"method": "entropy"}}, {"selection": {"method": "random"}}],
+                       pretraining=[True, False], seeds=[0])
+    exp, base = load_experiment(path)
+    keys = {c.key for c in configurations(exp, base)}
+    assert "entropy__b0001__pre__s0" in keys and "random__b0001__scratch__s0" in keys
+    assert not any(k.startswith("entropy") and "__scratch__" in k for k in keys)
