@@ -86,7 +86,7 @@ def preflight(spec: JobSpec) -> Preflight:
                 if gt not in names:
                     raise DataError(f"the image has no label image {gt!r} (it has: {names or 'none'})")
             url = ground_truth_url(spec)
-            gt_vol = open_volume(url) if url == gt else open_volume(url, level=spec.input.level)
+            gt_vol = open_volume(url, level=spec.input.level)  # as evaluation and the simulated annotator read it
             if gt_vol.shape != shape:
                 raise DataError(f"ground truth of shape {gt_vol.shape} does not match the image {shape}")
         except AlsegError as err:

@@ -88,6 +88,10 @@ class ExperimentSpec(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"strategy names must differ: {', '.join(dup)} (give them names)")
+        if "full" in names:
+            raise ValueError("the strategy name 'full' is the full-annotation reference's: choose another")
+        if len(set(self.pretraining)) != len(self.pretraining):
+            raise ValueError("pretraining lists true and/or false, each once")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError("seeds must be distinct and >= 0")
         return self
@@ -117,6 +121,13 @@ def load_experiment(path: str | Path) -> tuple[ExperimentSpec, JobSpec]:
         lines = "\n".join(f"  {a}: {b}" for a, b in problems_of(err))
         raise SpecError(f"{p}: invalid experiment spec:\n{lines}", problems_of(err)) from None
     base = load_spec(p.parent / exp.base) if isinstance(exp.base, str) else parse_spec(exp.base, source=f"{p}: base")
+    # the folder, like the base, is relative to this file, and absolute from here on (run
+    # directories and so the configurations' digests name it)
+    folder = Path(exp.dir).expanduser()
+    if "://" in exp.dir and not exp.dir.startswith("file://"):
+        raise SpecError(f"{p}: dir {exp.dir}: an experiment folder must be local (nnU-Net trains in it)")
+    folder = Path(exp.dir[len("file://"):]) if exp.dir.startswith("file://") else folder
+    exp = exp.model_copy(update={"dir": str((p.parent / folder).resolve())})
     return exp, base
 
 

@@ -3,10 +3,10 @@
 Layout of the experiment folder::
 
     alseg-experiment.json        the experiment spec (the folder's owner)
-    shared/seed-<s>[-<source>]/  per seed (and extra embedding source): a job run only through
-                                 the upstream stages: pseudo-labels, pretraining, embeddings, the
-                                 pretrained model's evaluation
-    runs/<configuration>/        one job per configuration (strategy, budget, pretraining, seed)
+    shared/seed-<s>[-<source>]-<id>/  per seed (and extra embedding source): a job run only
+                                 through the upstream stages: pseudo-labels, pretraining,
+                                 embeddings, the pretrained model's evaluation
+    runs/<configuration>-<id>/   one job per configuration (strategy, budget, pretraining, seed)
     results/<configuration>.json its scores, written last, keyed by the configuration's signature
     baselines/                   ceiling, pseudo-labels per seed, the pixel classifier per picks
     tables/                      CSV, Markdown and learning curves (:mod:`alseg.experiment.tables`)
@@ -22,7 +22,9 @@ never rewritten in place), so the shared directory is never modified through a l
 
 **Resume.** Each configuration's result is written last, with the digest of its job content; a
 rerun skips configurations whose result has the same digest, and within an interrupted
-configuration the job's own stage records resume where it stopped.
+configuration the job's own stage records resume where it stopped. ``<id>`` is a digest of the
+job's content less its folder: a changed base spec or strategy runs in new folders, and the old
+ones (whose files may be linked to each other) are never rewritten.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from alseg.errors import OutputExistsError, SpecError
@@ -42,7 +45,7 @@ from alseg.pipeline.common import digest, input_volume
 from alseg.pipeline.graph import plan
 from alseg.pipeline.records import read_record
 from alseg.preflight import patch_grid_of
-from alseg.rundir import RECORD, claim
+from alseg.rundir import RECORD, claim, overlap_problems
 from alseg.select import needs_embeddings
 from alseg.spec import JobSpec, parse_spec
 
@@ -61,6 +64,7 @@ class Config:
     spec: JobSpec
     shared: str  # the shared directory it is seeded from
     forest: bool  # the pixel classifier is trained on its picks too
+    embeds: bool  # its strategy ranks by embeddings (else the shared ones are not linked in)
 
     @property
     def signature(self) -> str:
@@ -74,8 +78,23 @@ def _local(url: str) -> str:
     return str(st.local_path(url))
 
 
+def content_id(spec: JobSpec) -> str:
+    """8 hex digits of the job's content less its run directory (names its folder)."""
+    content = spec.job_content()
+    content["run"] = {k: v for k, v in content["run"].items() if k != "dir"}
+    return digest(content)[:8]
+
+
 def _job(base: JobSpec, run_dir: str, seed: int, selection: dict[str, Any], *, source: str | None, pretrained: bool,
-         serial: bool) -> JobSpec:
+         serial: bool, what: str = "experiment configuration") -> JobSpec:
+    """The job of one configuration (or shared upstream) in ``<run_dir>-<content id>``."""
+    spec = _job_at(base, run_dir, seed, selection, source=source, pretrained=pretrained, serial=serial, what=what)
+    return _job_at(base, f"{run_dir}-{content_id(spec)}", seed, selection, source=source, pretrained=pretrained,
+                   serial=serial, what=what)
+
+
+def _job_at(base: JobSpec, run_dir: str, seed: int, selection: dict[str, Any], *, source: str | None, pretrained: bool,
+            serial: bool, what: str) -> JobSpec:
     d = base.model_dump(mode="json")
     d["run"] = {**d["run"], "dir": run_dir, "seed": seed, "overwrite": False}
     d["selection"] = {**selection, "rounds": 1}
@@ -85,7 +104,7 @@ def _job(base: JobSpec, run_dir: str, seed: int, selection: dict[str, Any], *, s
     d["annotation"] = {"method": "simulated"}
     if serial:
         d["resources"] = {**d["resources"], "backend": "serial"}
-    return parse_spec(d, source="experiment configuration")
+    return parse_spec(d, source=what)
 
 
 def pool_size(base: JobSpec) -> int:
@@ -95,16 +114,14 @@ def pool_size(base: JobSpec) -> int:
 def _sources(exp: ExperimentSpec, base: JobSpec) -> list[str]:
     out: list[str] = []
     for s in exp.strategies:
-        probe = parse_spec({**base.model_dump(mode="json"), "selection": {**s.selection, "budget": 1}})
-        if needs_embeddings(probe.selection):
+        if needs_embeddings(SimpleNamespace(method=s.selection["method"])):
             src = s.embedding_source or base.embedding.source
             if src not in out:
                 out.append(src)
     return out
 
 
-def shared_dirs(exp: ExperimentSpec, base: JobSpec, seed: int) -> dict[str | None, str]:
-    """Embedding source (None: no embeddings needed) -> the seed's shared directory for it."""
+def _shared_stems(exp: ExperimentSpec, base: JobSpec, seed: int) -> dict[str | None, str]:
     root = _local(exp.dir)
     sources = _sources(exp, base)
     if not sources:
@@ -113,14 +130,32 @@ def shared_dirs(exp: ExperimentSpec, base: JobSpec, seed: int) -> dict[str | Non
 
 
 def shared_job(exp: ExperimentSpec, base: JobSpec, seed: int, source: str | None) -> JobSpec:
-    selection = {"method": "kcenter", "budget": 1} if source is not None else {"method": "random", "budget": 1}
-    return _job(base, shared_dirs(exp, base, seed)[source], seed, selection, source=source, pretrained=any(exp.pretraining),
-                serial=exp.parallel == "ray")
+    """The job that runs a seed's upstream stages (in the base spec's runtime backend)."""
+    selection = {"method": "kcenter", "budget": 1, "start": "central"} if source is not None else {"method": "random", "budget": 1}
+    return _job(base, _shared_stems(exp, base, seed)[source], seed, selection, source=source,
+                pretrained=any(exp.pretraining), serial=False, what=f"shared upstream of seed {seed}")
+
+
+def shared_dirs(exp: ExperimentSpec, base: JobSpec, seed: int) -> dict[str | None, str]:
+    """Embedding source (None: no embeddings needed) -> the seed's shared directory for it."""
+    return {src: shared_job(exp, base, seed, src).run.dir for src in _shared_stems(exp, base, seed)}
+
+
+def check_base(exp: ExperimentSpec, base: JobSpec) -> None:
+    """What every configuration needs of the base spec, before anything runs or is written."""
+    if base.patches.holdout is None:
+        raise SpecError("an experiment scores configurations on the held-out region: set patches.holdout in the base spec")
+    if base.input.ground_truth is None:
+        raise SpecError("an experiment needs input.ground_truth (the simulated annotator and the scores read it)")
+    problems = overlap_problems(base.model_copy(update={"run": base.run.model_copy(update={"dir": _local(exp.dir)})}))
+    if problems:
+        raise SpecError("experiment dir: " + "; ".join(m for _, m in problems))
 
 
 def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
     """Every configuration of the sweep, checked (a spec error surfaces before any work)."""
     root = _local(exp.dir)
+    check_base(exp, base)
     pool = pool_size(base)
     budgets = sorted({budget_patches(b, pool) for b in exp.budgets})
     out: list[Config] = []
@@ -135,7 +170,8 @@ def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
                 name = strategy_name(strategy)
                 key = f"{name}__b{budget:04d}__{'pre' if pre else 'scratch'}__s{seed}"
                 spec = _job(base, os.path.join(root, "runs", key), seed, {**strategy.selection, "budget": budget},
-                            source=strategy.embedding_source, pretrained=pre, serial=exp.parallel == "ray")
+                            source=strategy.embedding_source, pretrained=pre, serial=exp.parallel == "ray",
+                            what=f"strategy {name} at budget {budget}")
                 source = spec.embedding.source if needs_embeddings(spec.selection) else None
                 try:
                     plan(spec)  # raises on combinations the job graph refuses
@@ -144,7 +180,7 @@ def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
                         raise
                     continue  # needs the pretrained model (uncertainty in round 1, nnunet features): with pretraining only
                 forest = "forest" in exp.baselines and pre == exp.pretraining[0] and name != "full"
-                out.append(Config(key, name, budget, pre, seed, spec, dirs.get(source, first), forest))
+                out.append(Config(key, name, budget, pre, seed, spec, dirs.get(source, first), forest, source is not None))
     return out
 
 
@@ -180,8 +216,8 @@ def seed_run_dir(spec: JobSpec, shared: str, *, skip_embeddings: bool = False) -
     link_tree(shared, _local(spec.run.dir), skip=lambda rel: rel == RECORD or (skip_embeddings and _embedding_files(rel)))
 
 
-def check_upstream_done(spec: JobSpec) -> None:
-    pending = [s for s in job_status(spec) if s.key in UPSTREAM and s.state != "done"]
+def check_upstream_done(spec: JobSpec, *, exclude: tuple[str, ...] = ()) -> None:
+    pending = [s for s in job_status(spec) if s.key in UPSTREAM and s.key not in exclude and s.state != "done"]
     if pending:
         s = pending[0]
         raise SpecError(f"configuration {os.path.basename(spec.run.dir)}: its upstream stage {s.key} is {s.state} ({s.detail}) "
@@ -220,6 +256,7 @@ def run_shared(exp: ExperimentSpec, base: JobSpec, seed: int, *, say: Callable[[
         spec = shared_job(exp, base, seed, source)
         if i > 0:
             seed_run_dir(spec, dirs[first], skip_embeddings=True)
+            check_upstream_done(spec, exclude=("embed-model", "embed", "embed-quality"))
         stages = [s.key for s in plan(spec) if s.key in UPSTREAM]
         say(f"seed {seed}: shared upstream ({', '.join(stages)}){'' if source is None else ' for ' + source + ' embeddings'}")
         outcome = run_job(spec, progress=progress, until=stages[-1], say=lambda m: say("  " + m))
@@ -239,7 +276,7 @@ def run_config(cfg: Config, *, progress: bool = False, say: Callable[[str], None
     from alseg.pipeline.rounds import picks_of
 
     t0 = time.perf_counter()
-    seed_run_dir(cfg.spec, cfg.shared)
+    seed_run_dir(cfg.spec, cfg.shared, skip_embeddings=not cfg.embeds)
     check_upstream_done(cfg.spec)
     outcome = run_job(cfg.spec, progress=progress, until="evaluate-01", say=lambda m: None)
     if outcome.paused:
@@ -252,7 +289,7 @@ def run_config(cfg: Config, *, progress: bool = False, say: Callable[[str], None
     }
     if cfg.forest:
         boxes = [box for _, box in picks_of(selection)]
-        out = st.join(os.path.dirname(os.path.dirname(cfg.spec.run.dir)), "baselines", "forest", cfg.key)
+        out = st.join(os.path.dirname(os.path.dirname(cfg.spec.run.dir)), "baselines", "forest", os.path.basename(cfg.spec.run.dir))
         result["forest"] = forest_scores(cfg.spec, boxes, out, seed=cfg.seed)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     return result
@@ -309,7 +346,7 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
         out["seeds"][str(seed)] = row
     if "ceiling" in exp.baselines:
         spec = shared_job(exp, base, exp.seeds[0], next(iter(shared_dirs(exp, base, exp.seeds[0]))))
-        out["ceiling"] = ceiling_scores(spec, os.path.join(root, "baselines", "ceiling"))["scores"]
+        out["ceiling"] = ceiling_scores(spec, os.path.join(root, "baselines", f"ceiling-{sig[:8]}"))["scores"]
         say(f"ceiling (ground truth through the post-processing): F1@0.5 {out['ceiling']['at']['0.5']['f1']:.3f}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as fh:
@@ -324,8 +361,8 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
     with ``parallel: ray``), baselines, then the tables. Returns ``{"results", "baselines", "tables"}``."""
     from alseg.experiment.tables import write_tables
 
+    configs = configurations(exp, base)  # checks everything before the folder is made
     own_folder(exp)
-    configs = configurations(exp, base)
     done = {c.key: r for c in configs if (r := read_result(exp, c)) is not None}
     todo = [c for c in configs if c.key not in done]
     say(f"experiment {exp.name}: {len(configs)} configurations ({len(done)} done before), pool of {pool_size(base)} patches")

@@ -39,47 +39,44 @@ def metric(scores: dict[str, Any] | None, path: tuple[str, ...]) -> float:
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of the finite values."""
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
-    return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _row(strategy: str, pre: bool, budget: int, pool: int, scores: list[dict[str, Any]], ref: dict[str, float] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"strategy": strategy, "pretrained": pre, "budget": budget, "pool_percent": 100.0 * budget / pool,
+                           "seeds": sum(np.isfinite(metric(s, ("at", "0.5", "f1"))) for s in scores)}
+    for name, path in METRICS:
+        m, s = _stats([metric(x, path) for x in scores])
+        row[name], row[name + "_std"] = m, s
+        row[name + "_pct_full"] = 100.0 * m / ref[name] if ref and ref.get(name) else float("nan")
+    return row
 
 
 def aggregate(results: list[dict[str, Any]], baselines: dict[str, Any], pool: int) -> list[dict[str, Any]]:
     """Rows (strategy, pretrained, budget) with mean and std of each metric over seeds, % of full."""
     groups: dict[tuple[str, bool, int], list[dict[str, Any]]] = defaultdict(list)
-    forests: dict[tuple[int], list[dict[str, Any]]] = defaultdict(list)
+    forests: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(r["strategy"], r["pretrained"], r["budget"])].append(r["scores"])
         if r.get("forest"):
-            forests[(r["budget"],)].append(r["forest"]["scores"])
+            forests[(r["strategy"], r["budget"])].append(r["forest"]["scores"])
     full = {pre: {name: _stats([metric(s, path) for s in groups[key]])[0] for name, path in METRICS}
             for key in groups if key[0] == "full" for pre in [key[1]]}
     rows = []
     for (strategy, pre, budget), scores in sorted(groups.items(), key=lambda kv: (kv[0][0] == "full", kv[0][0], not kv[0][1], kv[0][2])):
-        row: dict[str, Any] = {"strategy": strategy, "pretrained": pre, "budget": budget, "pool_percent": 100.0 * budget / pool,
-                               "seeds": len(scores)}
-        ref = full.get(pre) or next(iter(full.values()), None)
-        for name, path in METRICS:
-            m, s = _stats([metric(x, path) for x in scores])
-            row[name], row[name + "_std"] = m, s
-            row[name + "_pct_full"] = 100.0 * m / ref[name] if ref and ref.get(name) else float("nan")
-        rows.append(row)
-    for (budget,), scores in sorted(forests.items()):
-        row = {"strategy": "pixel classifier (forest)", "pretrained": False, "budget": budget, "pool_percent": 100.0 * budget / pool,
-               "seeds": len(scores)}
-        ref = next(iter(full.values()), None)
-        for name, path in METRICS:
-            m, s = _stats([metric(x, path) for x in scores])
-            row[name], row[name + "_std"] = m, s
-            row[name + "_pct_full"] = 100.0 * m / ref[name] if ref and ref.get(name) else float("nan")
-        rows.append(row)
+        rows.append(_row(strategy, pre, budget, pool, scores, full.get(pre)))
+    for (strategy, budget), scores in sorted(forests.items()):
+        # against full annotation with pretraining when there is one (the forest has none to compare with)
+        rows.append(_row(f"pixel classifier on {strategy}'s picks", False, budget, pool, scores, full.get(True, full.get(False))))
     seeds = baselines.get("seeds", {})
     for label, key in (("pseudo-labels alone", "pseudolabels"), ("pretrained model alone", "pretrained")):
         vals = [v[key] for v in seeds.values() if v.get(key)]
         if vals:
-            row = {"strategy": label, "pretrained": key == "pretrained", "budget": 0, "pool_percent": 0.0, "seeds": len(vals)}
-            for name, path in METRICS:
-                row[name], row[name + "_std"] = _stats([metric(x, path) for x in vals])
-            rows.append(row)
+            rows.append(_row(label, key == "pretrained", 0, pool, vals, None))
     if baselines.get("ceiling"):
         row = {"strategy": "ceiling (ground truth, same post-processing)", "pretrained": False, "budget": pool, "pool_percent": 100.0, "seeds": 1}
         for name, path in METRICS:
@@ -110,7 +107,7 @@ def _cell(r: dict[str, Any], name: str) -> str:
 def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: dict[str, Any], *, pool: int,
                  command: str | None = None) -> dict[str, str]:
     """Write the CSVs, Markdown tables and the curves under ``<dir>/tables``; returns their paths."""
-    out = os.path.join(exp.dir, "tables")
+    out = os.path.join(exp.dir, "tables")  # exp.dir is absolute (load_experiment)
     os.makedirs(out, exist_ok=True)
     names = [n for n, _ in METRICS]
     paths = {"configurations": os.path.join(out, "configurations.csv"), "budgets": os.path.join(out, "budgets.csv"),
@@ -132,7 +129,8 @@ def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: 
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     reach = first_reaching(rows)
     lines = [f"# {exp.name}: scores on the held-out region by annotation budget", "",
-             f"Mean +- std over seeds {', '.join(map(str, exp.seeds))}; in brackets: % of full annotation (same pretraining). "
+             f"Mean +- sample std over seeds {', '.join(map(str, exp.seeds))}; in brackets: % of full annotation (same "
+             "pretraining; the pixel classifier against full annotation with pretraining). "
              f"`*`: the first budget at which F1 at IoU 0.5 reaches {100 * TARGET:.0f} % of full annotation.", ""]
     if command:
         lines += ["    " + command, ""]

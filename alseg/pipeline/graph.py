@@ -174,7 +174,7 @@ def _select_action(r: int) -> Callable[[JobSpec, Context], dict[str, Any]]:
             model = ctx.result(_model_key(r - 1))
             scores = run_scores(spec, model_folder=model["model_folder"], norm=model["norm"], runner=ctx.runner,
                                 progress=ctx.progress)["scores"]
-        return _json(run_select(spec, round_index=r, scores=scores, progress=ctx.progress))
+        return _json(run_select(spec, round_index=r, scores=scores, progress=ctx.progress, pretrained=_pretrained(spec, ctx)))
     return action
 
 

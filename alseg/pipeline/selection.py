@@ -134,7 +134,7 @@ def _diagnostics(spec: JobSpec, label_url: str, boxes: np.ndarray, picks: list[i
 
 
 def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
-               picture: bool = True, pseudolabel_url: str | None = None) -> dict[str, Any]:
+               picture: bool = True, pseudolabel_url: str | None = None, pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
     (patch ids, their boxes, the method's details) and draw ``round-NN.png``. Reused when unchanged.
 
@@ -156,7 +156,7 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
     store_url = st.join(embedding_dir(spec), "embeddings.zarr")
     if needs_embeddings(strategy) or (picture and st.exists(st.join(store_url, "zarr.json"))):
         # diversity needs the store (made or reused here); others draw it only when it is already there
-        store_url = run_embed(spec, progress=progress)["url"]
+        store_url = run_embed(spec, progress=progress, pretrained=pretrained)["url"]
         store = EmbeddingStore.open(store_url)
         emb, boxes, store_sig = store.load(), store.boxes, store.meta["signature_sha256"]
     if uncertainty_measure(strategy) is not None and scores is None:

@@ -9,6 +9,7 @@ Real nnU-Net (tiny plans), real pseudo-labels, simulated annotation from the gro
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -83,6 +84,17 @@ def test_experiment_spec_is_checked(tmp_path):
     assert len({c.shared for c in configs}) == 2, "one shared upstream per seed"
     with pytest.raises(SpecError, match="whole patches"):
         configurations(exp.model_copy(update={"budgets": ["5%"]}), base)
+    # the paper's k-center start (n_initial random picks) is checked against the sweep's budgets, not a probe's
+    paper = exp.model_copy(update={"strategies": [exp.strategies[0].model_copy(update={"selection": {"method": "kcenter", "start": "random", "n_initial": 2}})],
+                                   "budgets": [2]})
+    assert len(configurations(paper, base)) == 4
+    with pytest.raises(SpecError, match="kcenter at budget 1"):
+        configurations(paper.model_copy(update={"budgets": [1]}), base)
+    with pytest.raises(SpecError, match="holdout"):
+        configurations(exp, base.model_copy(update={"patches": base.patches.model_copy(update={"holdout": None})}))
+    with pytest.raises(ValueError, match="each once"):
+        ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random"}}], budgets=[1], pretraining=[True, True])
+    assert exp.dir == str(tmp_path / "sweep"), "the folder is absolute"
 
 
 def _mtimes(root: Path) -> dict[str, float]:
@@ -123,10 +135,13 @@ def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tm
                   for k in ("pseudolabels", "pretrain", "embed-model", "embed", "evaluate-00")}
         for r in results:
             if r["seed"] == seed:
-                assert {k: r["tokens"][k] for k in tokens} == tokens, r["key"]
-        logs = list((sweep / "shared").glob(f"seed-{seed}/nnunet/logs/train-001.log"))
+                mine = ("pseudolabels", "pretrain", "evaluate-00") + (("embed-model", "embed") if r["strategy"] == "kcenter" else ())
+                assert {k: r["tokens"].get(k) for k in mine} == {k: tokens[k] for k in mine}, r["key"]
+                linked = (Path(configs[r["key"]].spec.run.dir) / "embedding").exists()
+                assert linked == (r["strategy"] == "kcenter"), "embeddings are linked only where a strategy ranks by them"
+        logs = list((sweep / "shared").glob(f"seed-{seed}-*/nnunet/logs/train-001.log"))
         assert len(logs) == 1
-        run_logs = [p for p in (sweep / "runs").glob(f"*__s{seed}/nnunet/logs/train-001.log")]
+        run_logs = [p for p in (sweep / "runs").glob(f"*__s{seed}-*/nnunet/logs/train-001.log")]
         assert run_logs and all(p.stat().st_ino == logs[0].stat().st_ino for p in run_logs), "pretraining ran once, linked"
     assert len({r["tokens"]["pretrain"] for r in results}) == 2, "and each seed has its own"
 
@@ -141,17 +156,19 @@ def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tm
         for name, p in METRICS:
             want = np.nanmean([metric(v, p) for v in vals])
             assert float(row[name]) == pytest.approx(want, abs=1e-6), (strategy, budget, name)
-        assert float(row["f1@0.5_std"]) == pytest.approx(np.std([metric(v, ("at", "0.5", "f1")) for v in vals]), abs=1e-6)
+        assert float(row["f1@0.5_std"]) == pytest.approx(np.std([metric(v, ("at", "0.5", "f1")) for v in vals], ddof=1), abs=1e-6)
     md = (sweep / "tables" / "budgets.md").read_text()
-    for label in ("pixel classifier (forest)", "pseudo-labels alone", "pretrained model alone", "ceiling", "| full |"):
+    for label in ("pixel classifier on kcenter's picks", "pixel classifier on random's picks", "pseudo-labels alone", "pretrained model alone", "ceiling", "| full |"):
         assert label in md
     assert (sweep / "tables" / "curves.png").stat().st_size > 1000 and (sweep / "tables" / "strategies.md").exists()
 
-    # a new budget runs only what is new
+    # a new budget runs only what is new, and never writes through the links into the shared upstream
+    shared = {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in (sweep / "shared").rglob("*") if p.is_file()}
     said.clear()
     more = exp.model_copy(update={"budgets": [1, 2, 3]})
     out = run_experiment(more, base, say=said.append, progress=False)
     assert any("(10 done before)" in line for line in said) and len(out["results"]) == 14
+    assert {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in shared} == shared
 
 
 @pytest.mark.slow

@@ -86,16 +86,12 @@ def test_2d_features_and_mirror_axes(model_2d):
     box = Box((0, 0, 0), (5, 36, 36))
     row = feats.embed_patch(vol, box, (5, 36, 36), None)
     assert row.shape == (feats.dim,) and np.isfinite(row).all()
-    # the same statistics computed by hand: each section through the encoder, a batch of sections
+    # the same statistics from nnU-Net's own encoder call (its skips, one per stage) on the batch of sections
     data = IntensityNorm(**norm.to_json())(vol.read(box))
     data = np.pad(data, [(0, 0), (0, 4), (0, 4)], mode="symmetric")  # mirrored up to 40, a multiple of 8
-    h = torch.from_numpy(data)[:, None]
     with torch.no_grad():
-        for k, stage in enumerate(feats.encoder.stages):
-            h = stage(h)
-            if k == feats.stage:
-                break
-    f = h.transpose(0, 1).flatten(1)
+        skips = feats.network.encoder(torch.from_numpy(data)[:, None])
+    f = skips[feats.stage].transpose(0, 1).flatten(1)
     np.testing.assert_allclose(row, torch.cat([f.mean(1), f.std(1, unbiased=False)]).numpy(), rtol=1e-4, atol=1e-5)
     scorer = PatchScorer(folder, norm.to_json(), mode="tta", samples=4)
     assert scorer.axes == (1, 2), "a 2d model's mirror axes are the sections' y and x"
