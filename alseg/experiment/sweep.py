@@ -29,7 +29,6 @@ ones (whose files may be linked to each other) are never rewritten.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -233,17 +232,13 @@ def own_folder(exp: ExperimentSpec) -> str:
     root = _local(exp.dir)
     owner = os.path.join(root, OWNER)
     if os.path.isfile(owner):
-        with open(owner) as fh:
-            rec = json.load(fh)
+        rec = st.read_json(owner)
         if rec.get("name") != exp.name:
             raise OutputExistsError(f"{root} belongs to experiment {rec.get('name')!r}, not {exp.name!r}: choose another dir")
     elif os.path.isdir(root) and os.listdir(root):
         raise OutputExistsError(f"{root} holds files that no alseg experiment wrote: alseg never writes into it; choose "
                                 "another dir")
-    os.makedirs(root, exist_ok=True)
-    with open(owner + ".tmp", "w") as fh:
-        json.dump({"name": exp.name, "spec": exp.model_dump(mode="json"), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh, indent=1)
-    os.replace(owner + ".tmp", owner)
+    st.write_json(owner, {"name": exp.name, "spec": exp.model_dump(mode="json"), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return root
 
 
@@ -285,7 +280,7 @@ def run_config(cfg: Config, *, progress: bool = False, say: Callable[[str], None
     result: dict[str, Any] = {
         "key": cfg.key, "strategy": cfg.strategy, "budget": cfg.budget, "pretrained": cfg.pretrained, "seed": cfg.seed,
         "signature": cfg.signature, "patch_ids": selection["patch_ids"], "scores": _scores_of(cfg.spec, "evaluate-01"),
-        "tokens": {k: read_record(cfg.spec, k)["token"] for k in UPSTREAM if read_record(cfg.spec, k) is not None},
+        "tokens": {k: rec["token"] for k in UPSTREAM if (rec := read_record(cfg.spec, k)) is not None},
     }
     if cfg.forest:
         boxes = [box for _, box in picks_of(selection)]
@@ -303,17 +298,12 @@ def read_result(exp: ExperimentSpec, cfg: Config) -> dict[str, Any] | None:
     path = result_path(exp, cfg.key)
     if not os.path.isfile(path):
         return None
-    with open(path) as fh:
-        res = json.load(fh)
+    res = st.read_json(path)
     return res if res.get("signature") == cfg.signature else None
 
 
 def _write_result(exp: ExperimentSpec, res: dict[str, Any]) -> None:
-    path = result_path(exp, res["key"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(res, fh, indent=1)
-    os.replace(path + ".tmp", path)
+    st.write_json(result_path(exp, res["key"]), res)
 
 
 def _config_task(payload: tuple[ExperimentSpec, Config]) -> dict[str, Any]:
@@ -331,8 +321,7 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
     path = os.path.join(root, "baselines", "baselines.json")
     sig = digest({"base": base.job_digest(), "seeds": exp.seeds, "baselines": exp.baselines, "pretraining": exp.pretraining})
     if os.path.isfile(path):
-        with open(path) as fh:
-            cached = json.load(fh)
+        cached = st.read_json(path)
         if cached.get("signature") == sig:
             return cached
     out: dict[str, Any] = {"signature": sig, "seeds": {}}
@@ -348,10 +337,7 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
         spec = shared_job(exp, base, exp.seeds[0], next(iter(shared_dirs(exp, base, exp.seeds[0]))))
         out["ceiling"] = ceiling_scores(spec, os.path.join(root, "baselines", f"ceiling-{sig[:8]}"))["scores"]
         say(f"ceiling (ground truth through the post-processing): F1@0.5 {out['ceiling']['at']['0.5']['f1']:.3f}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
-        json.dump(out, fh, indent=1)
-    os.replace(path + ".tmp", path)
+    st.write_json(path, out)
     return out
 
 
@@ -363,9 +349,10 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
 
     configs = configurations(exp, base)  # checks everything before the folder is made
     own_folder(exp)
+    pool = pool_size(base)
     done = {c.key: r for c in configs if (r := read_result(exp, c)) is not None}
     todo = [c for c in configs if c.key not in done]
-    say(f"experiment {exp.name}: {len(configs)} configurations ({len(done)} done before), pool of {pool_size(base)} patches")
+    say(f"experiment {exp.name}: {len(configs)} configurations ({len(done)} done before), pool of {pool} patches")
     for seed in sorted({c.seed for c in todo}):
         run_shared(exp, base, seed, say=say, progress=progress)
     t0 = time.perf_counter()
@@ -394,6 +381,6 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
                 f"{res['wall_s']:.0f} s); about {left / 60:.0f} min left")
     baselines = seed_baselines(exp, base, say=say)
     results = [done[c.key] for c in configs]
-    tables = write_tables(exp, results, baselines, pool=pool_size(base))
+    tables = write_tables(exp, results, baselines, pool=pool)
     say(f"tables: {tables['markdown']}")
     return {"results": results, "baselines": baselines, "tables": tables}
