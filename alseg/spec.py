@@ -223,6 +223,10 @@ class TrainingSpec(_Model):
     iterations_per_epoch: int = Field(250, gt=0)
     val_iterations_per_epoch: int = Field(50, ge=0)
     learning_rate: float = Field(1e-2, gt=0.0)
+    batch_size: int | None = Field(
+        None, gt=0, description="training batch of this stage (default: the plan's, nnunet.plan_overrides.batch_size "
+        "or nnU-Net's own); the architecture does not depend on it, so a fine-tuning stage on a few annotated patches "
+        "can take smaller batches than pretraining")
     final_validation: bool = True
     snapshot_every: int = Field(0, ge=0, description="keep the weights every this many epochs as checkpoint_ep<N>.pth "
                                 "(0: none), e.g. for a learning curve")

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alseg.errors import SpecError
-from alseg.spec import JobSpec, load_spec, parse_spec, problems_of
+from alseg.spec import JobSpec, TrainingSpec, load_spec, parse_spec, problems_of
 
 BASELINES = ("full", "pseudolabels", "pretrained", "forest", "ceiling")
 
@@ -65,16 +65,24 @@ class ExperimentSpec(_Model):
     pretraining: list[bool] = Field([True], min_length=1, description="fine-tune the model pretrained on pseudo-labels "
                                     "(true) or train from scratch on the annotated patches (false); strategies that "
                                     "need the pretrained model (uncertainty, hybrid, nnunet embeddings) run with true only")
+    scratch_budgets: list[Budget] | None = Field(
+        None, description="budgets at which the configurations without pretraining run (default: every budget); one "
+        "budget is enough for the strategy x pretraining table. With it, full annotation runs with pretraining only, and the "
+        "rows without pretraining are given as % of it")
     seeds: list[int] = Field([0], min_length=1)
     baselines: list[Literal["full", "pseudolabels", "pretrained", "forest", "ceiling"]] = Field(list(BASELINES))
+    full_training: TrainingSpec | None = Field(
+        None, description="the full-annotation baseline's training (the base spec's nnunet.finetune fields); default: "
+        "the base's, as for every configuration. A few patches converge in fewer steps and smaller batches than the "
+        "whole pool: give full annotation the schedule its learning curve flattens at")
     parallel: Literal["serial", "ray"] = Field(
         "serial", description="ray: configurations run as Ray tasks (each with resources.nnunet's request), the "
         "shared upstream work per seed first; serial: one after another")
 
-    @field_validator("budgets")
+    @field_validator("budgets", "scratch_budgets")
     @classmethod
-    def _budgets(cls, v: list[Budget]) -> list[Budget]:
-        for b in v:
+    def _budgets(cls, v: list[Budget] | None) -> list[Budget] | None:
+        for b in v or ():
             if isinstance(b, str):
                 if not re.fullmatch(r"\d+(\.\d+)?%", b.strip()) or not 0 < float(b.strip()[:-1]) <= 100:
                     raise ValueError(f"budget {b!r}: a patch count or a percentage of the pool such as '5%'")
@@ -92,6 +100,12 @@ class ExperimentSpec(_Model):
             raise ValueError("the strategy name 'full' is the full-annotation reference's: choose another")
         if len(set(self.pretraining)) != len(self.pretraining):
             raise ValueError("pretraining lists true and/or false, each once")
+        if self.scratch_budgets is not None:
+            if False not in self.pretraining:
+                raise ValueError("scratch_budgets needs pretraining to list false")
+            extra = [b for b in self.scratch_budgets if b not in self.budgets]
+            if extra:
+                raise ValueError(f"scratch_budgets {extra} are not among the budgets {self.budgets}")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError("seeds must be distinct and >= 0")
         return self

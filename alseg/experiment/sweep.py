@@ -46,7 +46,7 @@ from alseg.pipeline.records import read_record
 from alseg.preflight import patch_grid_of
 from alseg.rundir import RECORD, claim, overlap_problems
 from alseg.select import needs_embeddings
-from alseg.spec import JobSpec, parse_spec
+from alseg.spec import JobSpec, TrainingSpec, parse_spec
 
 OWNER = "alseg-experiment.json"
 UPSTREAM = ("pseudolabels", "pseudolabel-scores", "pretrain", "embed-model", "embed", "embed-quality", "evaluate-00")
@@ -85,8 +85,11 @@ def content_id(spec: JobSpec) -> str:
 
 
 def _job(base: JobSpec, run_dir: str, seed: int, selection: dict[str, Any], *, source: str | None, pretrained: bool,
-         serial: bool, what: str = "experiment configuration") -> JobSpec:
-    """The job of one configuration (or shared upstream) in ``<run_dir>-<content id>``."""
+         serial: bool, what: str = "experiment configuration", training: TrainingSpec | None = None) -> JobSpec:
+    """The job of one configuration (or shared upstream) in ``<run_dir>-<content id>``; ``training``
+    replaces the base's fine-tuning schedule (the full-annotation baseline's own)."""
+    if training is not None:
+        base = base.model_copy(update={"nnunet": base.nnunet.model_copy(update={"finetune": training})})
     spec = _job_at(base, run_dir, seed, selection, source=source, pretrained=pretrained, serial=serial, what=what)
     return _job_at(base, f"{run_dir}-{content_id(spec)}", seed, selection, source=source, pretrained=pretrained,
                    serial=serial, what=what)
@@ -157,20 +160,22 @@ def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
     check_base(exp, base)
     pool = pool_size(base)
     budgets = sorted({budget_patches(b, pool) for b in exp.budgets})
+    scratch = budgets if exp.scratch_budgets is None else sorted({budget_patches(b, pool) for b in exp.scratch_budgets})
     out: list[Config] = []
     for seed in exp.seeds:
         dirs = shared_dirs(exp, base, seed)
         first = next(iter(dirs.values()))
         for pre in exp.pretraining:
-            todo = [(s, b) for s in exp.strategies for b in budgets]
-            if "full" in exp.baselines:
+            todo = [(s, b) for s in exp.strategies for b in (budgets if pre else scratch)]
+            if "full" in exp.baselines and (pre or exp.scratch_budgets is None or True not in exp.pretraining):
                 todo.append((FULL, pool))
             for strategy, budget in todo:
                 name = strategy_name(strategy)
                 key = f"{name}__b{budget:04d}__{'pre' if pre else 'scratch'}__s{seed}"
                 spec = _job(base, os.path.join(root, "runs", key), seed, {**strategy.selection, "budget": budget},
                             source=strategy.embedding_source, pretrained=pre, serial=exp.parallel == "ray",
-                            what=f"strategy {name} at budget {budget}")
+                            what=f"strategy {name} at budget {budget}",
+                            training=exp.full_training if strategy is FULL else None)
                 source = spec.embedding.source if needs_embeddings(spec.selection) else None
                 try:
                     plan(spec)  # raises on combinations the job graph refuses

@@ -68,7 +68,8 @@ def aggregate(results: list[dict[str, Any]], baselines: dict[str, Any], pool: in
             for key in groups if key[0] == "full" for pre in [key[1]]}
     rows = []
     for (strategy, pre, budget), scores in sorted(groups.items(), key=lambda kv: (kv[0][0] == "full", kv[0][0], not kv[0][1], kv[0][2])):
-        rows.append(_row(strategy, pre, budget, pool, scores, full.get(pre)))
+        # against full annotation of the same pretraining (else with pretraining: scratch_budgets runs no full without)
+        rows.append(_row(strategy, pre, budget, pool, scores, full.get(pre, full.get(True))))
     for (strategy, budget), scores in sorted(forests.items()):
         # against full annotation with pretraining when there is one (the forest has none to compare with)
         rows.append(_row(f"pixel classifier on {strategy}'s picks", False, budget, pool, scores, full.get(True, full.get(False))))
@@ -129,8 +130,9 @@ def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: 
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     reach = first_reaching(rows)
     lines = [f"# {exp.name}: scores on the held-out region by annotation budget", "",
-             f"Mean +- sample std over seeds {', '.join(map(str, exp.seeds))}; in brackets: % of full annotation (same "
-             "pretraining; the pixel classifier against full annotation with pretraining). "
+             f"Mean +- sample std over seeds {', '.join(map(str, exp.seeds))}; in brackets: % of full annotation (of the same "
+             "pretraining where it ran both ways, else with pretraining; the pixel classifier against full annotation "
+             "with pretraining). "
              f"`*`: the first budget at which F1 at IoU 0.5 reaches {100 * TARGET:.0f} % of full annotation.", ""]
     if command:
         lines += ["    " + command, ""]
@@ -142,8 +144,10 @@ def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: 
                      + " | ".join(_cell(r, n) for n in names) + " |")
     with open(paths["markdown"], "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    budgets = sorted({r["budget"] for r in rows if r["strategy"] not in ("full",) and 0 < r["budget"] < pool})
-    at = budgets[len(budgets) // 2] if budgets else 0
+    budgets = sorted({r["budget"] for r in rows if r["strategy"] != "full" and 0 < r["budget"] < pool})
+    # the middle budget among those both with and without pretraining ran at (else among all)
+    both = [b for b in budgets if {r["pretrained"] for r in rows if r["budget"] == b and not r["strategy"].startswith("pixel classifier")} == {True, False}]
+    at = (both or budgets)[len(both or budgets) // 2] if budgets else 0
     strategies = sorted({r["strategy"] for r in rows if r["budget"] == at})
     t2 = [f"# {exp.name}: strategy x pretraining at {at} patches ({100 * at / pool:.1f} % of the pool), F1 at IoU 0.5", "",
           "| strategy | with pretraining | without pretraining |", "| --- | --- | --- |"]

@@ -213,3 +213,54 @@ def test_strategies_that_need_the_pretrained_model_run_with_pretraining_only(tmp
     keys = {c.key for c in configurations(exp, base)}
     assert "entropy__b0001__pre__s0" in keys and "random__b0001__scratch__s0" in keys
     assert not any(k.startswith("entropy") and "__scratch__" in k for k in keys)
+
+
+def test_scratch_budgets_and_the_full_baselines_own_training(tmp_path):
+    path = _experiment(tmp_path, pretraining=[True, False], seeds=[0], scratch_budgets=[2],
+                       full_training={**TRAIN, "epochs": 3, "learning_rate": 0.01})
+    exp, base = load_experiment(path)
+    configs = {c.key: c for c in configurations(exp, base)}
+    scratch = sorted(k for k in configs if "__scratch__" in k)
+    assert scratch == ["kcenter__b0002__scratch__s0", "random__b0002__scratch__s0"], "without pretraining at budget 2 only"
+    assert "full__b0009__pre__s0" in configs and "full__b0009__scratch__s0" not in configs
+    full = configs["full__b0009__pre__s0"].spec.nnunet.finetune
+    assert (full.epochs, full.learning_rate) == (3, 0.01), "the full baseline trains on its own schedule"
+    others = {c.spec.nnunet.finetune for k, c in configs.items() if not k.startswith("full")}
+    assert others == {base.nnunet.finetune}, "every other configuration on the base's"
+    # a changed full schedule is a different job: a new folder, never the old one's files
+    longer = exp.model_copy(update={"full_training": full.model_copy(update={"epochs": 4})})
+    assert configurations(longer, base)[-1].spec.run.dir != configs["full__b0009__pre__s0"].spec.run.dir
+    with pytest.raises(ValueError, match="not among the budgets"):
+        ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random"}}], budgets=[1],
+                       pretraining=[True, False], scratch_budgets=[2])
+    with pytest.raises(ValueError, match="needs pretraining to list false"):
+        ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random"}}], budgets=[1], scratch_budgets=[1])
+
+
+def test_tables_compare_scratch_rows_where_both_ran(tmp_path):
+    """The tables from hand-made records: means and sample std by numpy, the rows without pretraining
+    as % of the pretrained full annotation when none ran without, Tab. 2 at the budget run both ways."""
+    from alseg.experiment.tables import write_tables
+
+    exp = ExperimentSpec(name="t", base="b.yaml", dir=str(tmp_path), strategies=[{"selection": {"method": "random"}}],
+                         budgets=[1, 2, 4], pretraining=[True, False], scratch_budgets=[2], seeds=[0, 1])
+
+    def rec(strategy, budget, pre, seed, f1):
+        return {"key": f"{strategy}{budget}{pre}{seed}", "strategy": strategy, "budget": budget, "pretrained": pre,
+                "seed": seed, "scores": {"at": {"0.5": {"f1": f1}}}, "wall_s": 1.0}
+
+    f1s = {(1, True): (0.2, 0.3), (2, True): (0.4, 0.5), (4, True): (0.6, 0.65), (2, False): (0.1, 0.2)}
+    results = [rec("random", b, pre, s, v[s]) for (b, pre), v in f1s.items() for s in (0, 1)]
+    results += [rec("full", 8, True, s, f) for s, f in ((0, 0.6), (1, 0.7))]
+    paths = write_tables(exp, results, {"seeds": {}}, pool=8)
+    with open(paths["budgets"]) as fh:
+        rows = {(r["strategy"], r["pretrained"], int(r["budget"])): r for r in csv.DictReader(fh)}
+    full = np.mean([0.6, 0.7])
+    for (b, pre), v in f1s.items():
+        r = rows[("random", str(pre), b)]
+        assert float(r["f1@0.5"]) == pytest.approx(np.mean(v)) and float(r["f1@0.5_std"]) == pytest.approx(np.std(v, ddof=1), abs=1e-6)
+        assert float(r["f1@0.5_pct_full"]) == pytest.approx(100 * np.mean(v) / full, abs=1e-4)
+    t2 = Path(paths["strategies"]).read_text()
+    assert "at 2 patches" in t2 and "| random | 0.450 +- 0.071 (69 %) | 0.150 +- 0.071 (23 %) |" in t2
+    # 90 % of full (0.585; 4 patches: 0.625) is first reached at 4 patches with pretraining, never without
+    assert "| random * | yes | 4 |" in Path(paths["markdown"]).read_text()

@@ -5,6 +5,7 @@ mirror axes for uncertainty on 3D patches."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -32,7 +33,7 @@ def model_2d(tmp_path_factory):
     export_dataset(dirs, 3, "sections", url, url + "/labels/mitochondria", BOXES, norm=norm)
     plans = plan_and_preprocess(dirs, 3, configuration="2d", overrides=TINY_2D)
     folder = train(dirs, 3, "sections", TrainingSpec(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1,
-                                                     final_validation=False, snapshot_every=1),
+                                                     final_validation=False, snapshot_every=1, batch_size=3),
                    configuration="2d", device="cpu")
     return root, url, norm, folder, plans
 
@@ -46,6 +47,8 @@ def test_2d_plan_snapshots_and_blockwise_prediction(model_2d):
     fold = os.path.join(folder, "fold_all")
     assert os.path.isfile(os.path.join(fold, "checkpoint_ep1.pth")), "snapshot after epoch 1"
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    with open(os.path.join(fold, "debug.json")) as fh:  # nnU-Net's dump of the trainer's attributes
+        assert json.load(fh)["batch_size"] == "3", "the schedule's batch, not the plan's 4"
 
     # blockwise (blocks of 8 sections, the y-x plane whole): each section is predicted on its own
     out, whole = str(root / "blocks.zarr"), str(root / "whole.zarr")

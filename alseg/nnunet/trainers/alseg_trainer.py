@@ -2,8 +2,8 @@
 
 nnU-Net sets epochs, iterations and the learning rate as trainer attributes, so stock usage needs a
 subclass per value. This trainer reads them from ``ALSEG_NNUNET_SCHEDULE`` (JSON: ``epochs``,
-``iterations_per_epoch``, ``val_iterations_per_epoch``, ``learning_rate``, ``final_validation``,
-``snapshot_every``), which alseg sets in the training subprocess's own environment.
+``iterations_per_epoch``, ``val_iterations_per_epoch``, ``learning_rate``, ``batch_size``,
+``final_validation``, ``snapshot_every``), which alseg sets in the training subprocess's own environment.
 
 ``snapshot_every`` (epochs, 0: none) keeps a copy of the weights every that many epochs as
 ``checkpoint_ep<N>.pth`` beside nnU-Net's own checkpoints, so a learning curve can be measured
@@ -28,6 +28,14 @@ class nnUNetTrainerAlseg(nnUNetTrainer):
         self.alseg_final_validation = bool(schedule.get("final_validation", True))
         self.save_every = max(1, min(self.save_every, self.num_epochs))
         self.alseg_snapshot_every = int(schedule.get("snapshot_every", 0))
+        self.alseg_batch_size = int(schedule.get("batch_size") or 0)
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        if self.alseg_batch_size:  # the schedule's batch instead of the plan's (one process: no DDP split)
+            if self.is_ddp:
+                raise RuntimeError("a schedule batch_size is for single-process training; leave it unset under DDP")
+            self.batch_size = self.alseg_batch_size
 
     def on_epoch_end(self):
         epoch = self.current_epoch + 1  # epochs finished once this one ends
