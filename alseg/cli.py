@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage_commands = (
         ("pseudolabel", cmd_pseudolabel, "make the pseudo-labels of a job spec's input (stage 2)",
-         "Run the spec's pseudo-labeller (classical, sam or cellsam) over the whole input volume, block by "
+         "Run the spec's pseudo-labeller (classical, sam, cellsam or microsam) over the whole input volume, block by "
          "block, link 2D instances into 3D and write <run dir>/pseudolabels.zarr; a rerun with an unchanged "
          "signature reuses them. Scores them when the spec names ground truth."),
         ("pretrain", cmd_pretrain, "pseudo-labels, then nnU-Net self-configures and pretrains on them (stage 3)",

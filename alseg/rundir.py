@@ -62,6 +62,7 @@ def inputs_of(spec: JobSpec) -> list[tuple[str, str]]:
     for field, value in (
         ("pseudolabel.weights_path", getattr(spec.pseudolabel, "weights_path", None)),
         ("pseudolabel.checkpoint", getattr(spec.pseudolabel, "checkpoint", None)),
+        ("pseudolabel.decoder_checkpoint", getattr(spec.pseudolabel, "decoder_checkpoint", None)),
         ("embedding.weights_path", spec.embedding.weights_path),
         ("annotation.import_dir", getattr(spec.annotation, "import_dir", None)),
     ):

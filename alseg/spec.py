@@ -197,8 +197,57 @@ class SAMPseudoLabel(_Linking):
     _url = _urls("checkpoint")
 
 
+class MicroSAMPseudoLabel(_Linking):
+    """micro-SAM's automatic instance segmentation from a local checkpoint (nothing is downloaded).
+
+    AIS (the checkpoint's instance-segmentation decoder: foreground, centre and boundary distances,
+    then a seeded watershed) where the checkpoint, or ``decoder_checkpoint``, holds a decoder; else
+    AMG (SAM's point-grid mask generator). The defaults are micro-SAM's own (its ``generate``
+    arguments); its annotator's setting for the EM organelle models is centre 0.3, boundary 0.4,
+    distance smoothing 1.2, minimum size 100 px.
+    """
+
+    method: Literal["microsam"] = Field("microsam", description="micro-SAM's automatic instance segmentation")
+    checkpoint: str = Field(
+        description="local micro-SAM checkpoint (.pt): a SAM state dict, or micro-SAM's {model_state, decoder_state} "
+        "with the instance-segmentation decoder; downloaded by hand, never at run time")
+    decoder_checkpoint: str | None = Field(
+        None, description="local decoder weights published beside the encoder (BioImage.IO's vit_b_decoder.pt for "
+        "vit_b_em_organelles); null: the decoder in checkpoint, if any")
+    model_type: str = Field(
+        "vit_b_em_organelles", pattern=r"^vit_[blht](_[a-z0-9_]+)?$",
+        description="micro-SAM model name (vit_b_em_organelles, vit_l_em_organelles, vit_b_lm, vit_b, ...); its "
+        "first five letters name the encoder architecture of the checkpoint")
+    segmentation_mode: Literal["auto", "ais", "amg"] = Field(
+        "auto", description="auto: AIS when a decoder is present, else AMG; ais: require the decoder; amg: point grid")
+    tile_shape_px: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = Field(
+        None, description="micro-SAM's own tiling of each slice (y, x) for embeddings and post-processing; null: whole "
+        "slices, resized by SAM to its input size")
+    tile_halo_px: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="overlap of micro-SAM's tiles (y, x); required with tile_shape_px")
+    center_distance_threshold: float = Field(0.5, gt=0.0, le=1.0, description="AIS: seeds where the centre distance is below this")
+    boundary_distance_threshold: float = Field(0.5, gt=0.0, le=1.0, description="AIS: seeds where the boundary distance is below this")
+    foreground_threshold: float = Field(0.5, ge=0.0, lt=1.0, description="AIS: foreground where the prediction is above this")
+    distance_smoothing: float = Field(1.6, ge=0.0, description="AIS: Gaussian sigma (px) on the distance predictions")
+    points_per_side: int = Field(32, gt=0, description="AMG: prompt grid of points_per_side squared points per slice or tile")
+    pred_iou_thresh: float = Field(0.88, ge=0.0, lt=1.0, description="AMG: masks of lower predicted IoU are dropped")
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0, description="AMG: masks of lower stability are dropped")
+    min_size_px: int = Field(0, ge=0, description="smaller 2D objects are dropped (micro-SAM's AIS min_size; after AMG "
+                             "the same filter)")
+    batch_size: int = Field(4, gt=0, description="slices per labeller call, and slices (or tiles) per encoder pass "
+                            "(the decoder takes one at a time: its batch statistics would change the labels)")
+
+    _url = _urls("checkpoint", "decoder_checkpoint")
+
+    @model_validator(mode="after")
+    def _tiling(self) -> "MicroSAMPseudoLabel":
+        if (self.tile_shape_px is None) != (self.tile_halo_px is None):
+            raise ValueError("tile_shape_px and tile_halo_px go together: give both (micro-SAM tiling) or neither")
+        return self
+
+
 PseudoLabel = Annotated[
-    Union[ClassicalPseudoLabel, CellSAMPseudoLabel, SAMPseudoLabel], Field(discriminator="method")
+    Union[ClassicalPseudoLabel, CellSAMPseudoLabel, SAMPseudoLabel, MicroSAMPseudoLabel], Field(discriminator="method")
 ]
 
 

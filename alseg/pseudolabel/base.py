@@ -10,6 +10,7 @@ empty mask in place of an error.
 from __future__ import annotations
 
 import os
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 import numpy as np
@@ -59,6 +60,11 @@ def robust_unit(img: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.nda
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
 
 
+def robust_uint8(img: np.ndarray) -> np.ndarray:
+    """A grey slice robustly scaled (:func:`robust_unit`) to uint8: what the SAM-family models are fed."""
+    return np.round(robust_unit(img) * 255).astype(np.uint8)
+
+
 def file_digest(path: str | os.PathLike[str] | None) -> str | None:
     """sha256 of a weights file (the model part of a pseudo-label signature); None without a file."""
     from alseg.io import store as st
@@ -82,6 +88,10 @@ def make_labeller(spec: Any, *, device: str | None = None, pixel_size_nm: float 
         from alseg.pseudolabel.cellsam import CellSAMLabeller
 
         return CellSAMLabeller(spec, device=device)
+    if method == "microsam":
+        from alseg.pseudolabel.microsam import MicroSAMLabeller
+
+        return MicroSAMLabeller(spec, device=device)
     raise PseudoLabelError(f"unknown pseudo-label method {method!r}")
 
 
@@ -91,4 +101,16 @@ def signature(spec: Any) -> dict[str, Any]:
 
     params = spec.model_dump(mode="json")
     weights = params.get("weights_path") or params.get("checkpoint")
-    return {"method": spec.method, "params": params, "model_sha256": file_digest(weights), "alseg": __version__}
+    sig = {"method": spec.method, "params": params, "model_sha256": file_digest(weights), "alseg": __version__}
+    if spec.method == "microsam":  # its post-processing is its own code: a new release may label differently
+        sig["micro_sam"] = _version("micro_sam")
+    if params.get("decoder_checkpoint") is not None:  # a decoder published beside the encoder (micro-SAM)
+        sig["decoder_sha256"] = file_digest(params["decoder_checkpoint"])
+    return sig
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

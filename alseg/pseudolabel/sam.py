@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 
 from alseg.errors import DependencyError
-from alseg.pseudolabel.base import PseudoLabelError, check_batch, robust_unit
+from alseg.pseudolabel.base import PseudoLabelError, check_batch, robust_uint8
 
 
 def to_sam_input(img: np.ndarray) -> np.ndarray:
-    grey = np.round(robust_unit(img) * 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
+    return np.repeat(robust_uint8(img)[..., None], 3, axis=-1)
 
 
 def _plain_batched_nms(boxes, scores, idxs, iou_threshold):
@@ -51,15 +50,23 @@ def _plain_batched_nms(boxes, scores, idxs, iou_threshold):
     return torch.stack(keep).to(torch.int64)
 
 
-def _ensure_nms() -> None:
-    """Use torchvision's NMS where its operators load, the plain one where they cannot."""
-    import segment_anything.automatic_mask_generator as amg
+def ensure_nms(*modules: Any) -> None:
+    """Use torchvision's NMS where its operators load, the plain one where they cannot, in each of
+    ``modules`` (modules that imported torchvision's ``batched_nms`` by name)."""
     import torch
+    from torchvision.ops.boxes import batched_nms
 
     try:
-        amg.batched_nms(torch.zeros((1, 4)), torch.ones(1), torch.zeros(1, dtype=torch.int64), 0.5)
+        batched_nms(torch.zeros((1, 4)), torch.ones(1), torch.zeros(1, dtype=torch.int64), 0.5)
     except RuntimeError:
-        amg.batched_nms = _plain_batched_nms
+        for module in modules:
+            module.batched_nms = _plain_batched_nms
+
+
+def _ensure_nms() -> None:
+    import segment_anything.automatic_mask_generator as amg
+
+    ensure_nms(amg)
 
 
 def paint(masks: list[dict[str, Any]], shape: tuple[int, ...], min_area: int = 0) -> np.ndarray:
