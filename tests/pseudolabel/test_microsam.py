@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from partitions import same_partition
 import torch
 from conftest import em_like
 from pydantic import TypeAdapter, ValidationError
@@ -99,14 +100,6 @@ def micro_sams_own(checkpoint, mode, *, decoder=None, tile=None, halo=None, **ge
         state=state, **({"points_per_side": 8} if mode == "amg" else {}))
     return lambda img: automatic_instance_segmentation(predictor, segmenter, robust_uint8(img), ndim=2, tile_shape=tile,
                                                        halo=halo, verbose=False, **generate)
-
-
-def same_partition(a, b):
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    fg = a > 0
-    pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
-    return pairs.shape[1] == len(np.unique(a[fg])) == len(np.unique(b[fg]))
 
 
 def assert_consecutive(masks):

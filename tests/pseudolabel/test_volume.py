@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from partitions import same_partition
 from conftest import em_like
 
 from alseg.errors import WorkFailedError
@@ -25,14 +26,6 @@ def image(tmp_path, noise=0.0, chunks=(4, 32, 32)):
     vol = create_image(tmp_path / "img.zarr", shape=data.shape, dtype="uint8", chunks=chunks, voxel_size_nm=(30, 8, 8), levels=2)
     vol.write(vol.bounds, data)
     return vol.url, data
-
-
-def same_partition(a, b):
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    fg = a > 0
-    pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
-    return pairs.shape[1] == len(np.unique(a[fg])) == len(np.unique(b[fg]))
 
 
 # a y/x halo wider than the largest organelle (22 px) gives every tile the whole of each object it touches
