@@ -142,12 +142,19 @@ def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume,
     root, url = volume
     folder, norm = tiny_model
     serial, ray_out, prob = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr"), str(tmp_path / "p.zarr")
-    predict_volume(folder, url, serial, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0))  # one block
+    serial_prob = str(tmp_path / "sp.zarr")
+    predict_volume(folder, url, serial, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), probability_url=serial_prob)  # one block
     res = predict_volume(folder, url, ray_out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
                          runner=ray_cluster, workers=2, work_dir=str(tmp_path / "work"))
     assert res["blocks"] == 8 and len(list((tmp_path / "work" / "predict").glob("*.json"))) == 8
-    classes = open_volume(ray_out).read()
-    assert np.array_equal(open_volume(serial).read(), classes), "8 blocks on Ray equal one block"
+    classes, ps = open_volume(ray_out).read(), open_volume(serial_prob).read()
+    # A Ray actor runs torch with its own thread count, and oneDNN's convolutions round differently
+    # (measured: up to 4e-6 in probability; 8 serial blocks against one: 2e-7). This 2-iteration model
+    # leaves ~180 voxels within 1e-4 of one half, where such rounding may flip the argmax: the classes
+    # must agree everywhere else (CI failed once on an exact comparison).
+    assert np.abs(open_volume(prob).read() - ps).max() < 1e-4, "8 blocks on Ray give one block's probabilities"
+    clear = np.abs(ps - 0.5) >= 1e-4
+    assert clear.mean() > 0.99 and np.array_equal(open_volume(serial).read()[clear], classes[clear]), "8 blocks on Ray equal one block"
     halo_mode = str(tmp_path / "h.zarr")
     predict_volume(folder, url, halo_mode, norm=norm, block_shape=(16, 64, 64), halo=(8, 32, 32), tiling="halo")
     assert (open_volume(halo_mode).read() == classes).mean() >= 0.99, "the halo mode runs nnU-Net's own window per block"
