@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/reference.py [--configuration 2d|3d_fullres] [--level L]
         [--patch P ...] [--batch B] [--features F ...] [--epochs E] [--iterations-per-epoch I]
         [--snapshot-every S] [--min-size V ...] [--work DIR] [--plot PNG]
+        [--patches-from RUN_DIR] [--pretrained RUN_DIR]
 
 nnU-Net is trained by alseg's own code (dataset export with alseg's intensity map, nnU-Net's
 planner with alseg's plan overrides, alseg's trainer) on the *full ground truth* of the pool
@@ -16,6 +17,12 @@ ground truth at full resolution: the learning curve (F1, precision and PQ at IoU
 foreground IoU against training iterations). The ground-truth mask through the same
 post-processing is the ceiling of the split. Prints one line per snapshot and one JSON object at
 the end; ``--plot`` writes the curve as a PNG.
+
+The same curve for a few annotated patches (issue 23's fine-tuning schedule): ``--patches-from``
+an alseg run directory trains on exactly the patches its annotator labelled in round 1 (from
+``annotation/imports.json``, at that job's level) instead of the whole pool, and
+``--pretrained`` a run directory starts from its model pretrained on pseudo-labels (its weights
+but the segmentation head, and its intensity map), as the pipeline's fine-tuning does.
 """
 
 from __future__ import annotations
@@ -71,6 +78,15 @@ def upsample(classes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return up[tuple(slice(0, s) for s in shape)]
 
 
+def annotated_boxes(run_dir: str) -> list:
+    """The boxes (at the job's level) of the patches annotated in round 1 of an alseg run."""
+    from alseg.geometry import Box
+
+    with open(os.path.join(run_dir, "annotation", "imports.json")) as fh:
+        rounds = json.load(fh)["rounds"]
+    return [Box(tuple(p["box"][:3]), tuple(p["box"][3:])) for r in rounds if r["round"] == 1 for p in r["patches"]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configuration", choices=["2d", "3d_fullres"], default="2d")
@@ -87,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/alseg-reference")
     ap.add_argument("--plot", default=None, help="write the learning curve here (PNG)")
     ap.add_argument("--vnc", default=VNC)
+    ap.add_argument("--patches-from", default=None, help="an alseg run directory: train on the patches annotated in its round 1")
+    ap.add_argument("--pretrained", default=None, help="an alseg run directory: start from its pretrained model")
     args = ap.parse_args(argv)
 
     from alseg.geometry import Box
@@ -112,8 +130,18 @@ def main(argv=None) -> int:
     boxes = [Box((0, y, x), (POOL_SECTIONS, y + c, x + c)) for y in range(0, h - c + 1, c) for x in range(0, w - c + 1, c)]
     tag = (f"{args.configuration}-l{args.level}-p{'x'.join(map(str, args.patch))}-b{args.batch}-f{'_'.join(map(str, args.features))}"
            f"-e{args.epochs}x{args.iterations_per_epoch}-lr{args.learning_rate:g}")
-    dirs = NnUNetDirs(os.path.join(args.work, tag))
     norm = IntensityNorm.of_volume(url)
+    checkpoint = None
+    if args.patches_from:
+        boxes = annotated_boxes(args.patches_from)
+        tag += f"-{len(boxes)}of-{os.path.basename(os.path.normpath(args.patches_from))}"
+    if args.pretrained:
+        with open(os.path.join(args.pretrained, "nnunet", "pretrain.json")) as fh:
+            pre = json.load(fh)
+        checkpoint = os.path.join(pre["model_folder"], "fold_all", "checkpoint_final.pth")
+        norm = IntensityNorm(**pre["norm"])
+        tag += "-pretrained"
+    dirs = NnUNetDirs(os.path.join(args.work, tag))
     t0 = time.perf_counter()
     name = "vncfull"
     folder = model_folder(dirs, 1, name, args.configuration)
@@ -128,7 +156,7 @@ def main(argv=None) -> int:
         schedule = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch, "val_iterations_per_epoch": 1,
                     "learning_rate": args.learning_rate, "final_validation": False, "snapshot_every": args.snapshot_every}
         t1 = time.perf_counter()
-        train(dirs, 1, name, schedule, configuration=args.configuration, device="cpu",
+        train(dirs, 1, name, schedule, configuration=args.configuration, device="cpu", pretrained=checkpoint,
               echo=lambda line: print("  " + line, flush=True) if "Epoch time" in line or "train_loss" in line else None)
         train_s = time.perf_counter() - t1
     else:

@@ -134,8 +134,10 @@ def _shared_stems(exp: ExperimentSpec, base: JobSpec, seed: int) -> dict[str | N
 def shared_job(exp: ExperimentSpec, base: JobSpec, seed: int, source: str | None) -> JobSpec:
     """The job that runs a seed's upstream stages (in the base spec's runtime backend)."""
     selection = {"method": "kcenter", "budget": 1, "start": "central"} if source is not None else {"method": "random", "budget": 1}
+    # it never fine-tunes: its content (so its folder) does not follow the fine-tuning schedule, and a
+    # sweep with another schedule reuses the pretraining and embeddings of the same upstream
     return _job(base, _shared_stems(exp, base, seed)[source], seed, selection, source=source,
-                pretrained=any(exp.pretraining), serial=False, what=f"shared upstream of seed {seed}")
+                pretrained=any(exp.pretraining), serial=False, what=f"shared upstream of seed {seed}", training=TrainingSpec())
 
 
 def shared_dirs(exp: ExperimentSpec, base: JobSpec, seed: int) -> dict[str | None, str]:

@@ -237,6 +237,21 @@ def test_scratch_budgets_and_the_full_baselines_own_training(tmp_path):
         ExperimentSpec(base="b.yaml", dir="d", strategies=[{"selection": {"method": "random"}}], budgets=[1], scratch_budgets=[1])
 
 
+def test_a_new_finetuning_schedule_reuses_the_shared_upstream_and_a_new_pretraining_does_not(tmp_path):
+    from alseg.experiment.sweep import shared_dirs
+
+    exp, base = load_experiment(_experiment(tmp_path, seeds=[0]))
+    first = configurations(exp, base)
+    nn = base.nnunet
+    other = base.model_copy(update={"nnunet": nn.model_copy(update={"finetune": nn.finetune.model_copy(update={"epochs": 7})})})
+    again = configurations(exp, other)
+    assert shared_dirs(exp, other, 0) == shared_dirs(exp, base, 0), "upstream work does not depend on the fine-tuning"
+    assert [c.shared for c in again] == [c.shared for c in first]
+    assert all(a.spec.run.dir != b.spec.run.dir for a, b in zip(again, first)), "each configuration fine-tunes anew"
+    repre = base.model_copy(update={"nnunet": nn.model_copy(update={"pretrain": nn.pretrain.model_copy(update={"epochs": 7})})})
+    assert set(shared_dirs(exp, repre, 0).values()).isdisjoint(shared_dirs(exp, base, 0).values()), "a new pretraining"
+
+
 def test_tables_compare_scratch_rows_where_both_ran(tmp_path):
     """The tables from hand-made records: means and sample std by numpy, the rows without pretraining
     as % of the pretrained full annotation when none ran without, Tab. 2 at the budget run both ways."""
