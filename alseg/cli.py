@@ -32,6 +32,7 @@ from alseg.pipeline.predict import run_predict
 from alseg.pipeline.pretrain import run_pretrain
 from alseg.pipeline.pseudolabels import run_pseudolabels
 from alseg.pipeline.selection import run_select
+from alseg.plan.cli import add_plan_parsers
 from alseg.report.model import selection_line
 
 DEMO_DIR = "demo-run"
@@ -504,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
             "round table so far.")
     p.add_argument("target", help="run directory or YAML job spec")
     add_import_parser(sub)
+    add_plan_parsers(sub)
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",
             "Instance matching at IoU thresholds (one-to-one, optimal), with F1, precision, recall, accuracy, "

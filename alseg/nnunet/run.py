@@ -95,3 +95,36 @@ def train(dirs: NnUNetDirs, dataset_id: int, name: str, schedule: Any, *, config
     if not os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
         raise NnUNetError(f"training finished without {folder}/fold_all/checkpoint_final.pth")
     return folder
+
+
+def preprocess_seconds(dirs: NnUNetDirs, dataset_id: int, name: str, *, configuration: str = "3d_fullres") -> tuple[float, int]:
+    """Seconds nnU-Net's own preprocessor (the plan's class) takes for the first case of a planned
+    dataset, in this process: read, crop, normalise, resample and save, as its preprocessing
+    step does per case; and that case's voxels. For ``alseg calibrate``: the per-case part of
+    planning and preprocessing, without the fixed cost of a subprocess."""
+    import contextlib
+    import io
+    import tempfile
+    import time
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    ds = dataset_name(dataset_id, name)
+    raw = os.path.join(dirs.raw, ds)
+    with open(os.path.join(raw, "dataset.json")) as fh:
+        dataset_json = json.load(fh)
+    case = dataset_json["alseg"]["cases"][0]["case"]
+    ending = dataset_json["file_ending"]
+    plans = PlansManager(os.path.join(dirs.preprocessed, ds, PLANS + ".json"))
+    conf = plans.get_configuration(configuration)
+    with dirs.scoped(), contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix="alseg-prep-") as out:
+        preprocessor = conf.preprocessor_class(verbose=False)
+        started = time.perf_counter()
+        preprocessor.run_case_save(os.path.join(out, case), [os.path.join(raw, "imagesTr", f"{case}_0000{ending}")],
+                                   os.path.join(raw, "labelsTr", f"{case}{ending}"), plans, conf, dataset_json)
+        seconds = time.perf_counter() - started
+    box = dataset_json["alseg"]["cases"][0]["box"]
+    voxels = 1
+    for a, b in zip(*box):
+        voxels *= int(b) - int(a)
+    return seconds, voxels

@@ -1,0 +1,93 @@
+"""The voxel-free counting behind `alseg plan`, against the code whose behaviour it counts: alseg's
+PatchGrid and BlockGrid enumerated block by block, and nnU-Net's own tile placement."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from alseg.geometry import BlockGrid, Box, PatchGrid, holdout_box
+from alseg.plan import counts as cnt
+
+SHAPES = [(100, 300, 257), (64, 512, 512), (17, 33, 65), (1, 40, 40)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("edge", ["pad", "drop"])
+@pytest.mark.parametrize("holdout", [None, "half-z", "box"])
+def test_pool_equals_the_patch_grid(shape, edge, holdout):
+    patch = (16, 64, 48)
+    box = None
+    if holdout == "half-z" and shape[0] > 1:
+        box = holdout_box(shape, axis=0, fraction=0.5)
+    elif holdout == "box":
+        box = Box((0, shape[1] // 3, 5), (shape[0], shape[1] // 3 + 7, shape[2] - 5))
+    patches = PatchGrid(shape, patch, holdout=box, edge=edge).patches()
+    assert cnt.pool_patches(shape, patch, box, edge) == len(patches)
+    assert cnt.pool_sum(shape, patch, box, edge, axis=0) == sum(p.valid.shape[0] for p in patches)
+
+
+def test_mitoem_pool():
+    shape, patch = (1000, 4096, 4096), (32, 512, 512)
+    box = holdout_box(shape, axis=0, fraction=0.5)
+    assert cnt.pool_patches(shape, patch, box, "pad") == len(PatchGrid(shape, patch, holdout=box)) == 15 * 8 * 8
+
+
+@pytest.mark.parametrize("shape,block,halo", [((37, 100, 70), (16, 32, 32), (2, 8, 8)), ((5, 5, 5), (8, 8, 8), (1, 1, 1)),
+                                              ((64, 256, 256), (16, 64, 128), (0, 64, 64))])
+def test_block_sizes_equal_the_block_grid(shape, block, halo):
+    grid = BlockGrid(shape, block, halo)
+    writes = cnt.outer(*[cnt.axis_blocks(s, b) for s, b in zip(shape, block)])
+    reads = cnt.outer(*[cnt.axis_reads(s, b, h) for s, b, h in zip(shape, block, halo)])
+    assert writes.shape == grid.grid_shape == cnt.grid_shape(shape, block)
+    for b in grid:
+        assert writes[b.index] == b.write.size
+        assert reads[b.index] == b.read.size
+    region = Box((shape[0] // 3, shape[1] // 4, 0), (shape[0], shape[1] // 2 + 1, 4))
+    meets = cnt.blocks_meeting(shape, block, region)
+    assert all(meets[b.index] == b.write.overlaps(region) for b in grid)
+
+
+def test_tile_steps_equal_nnunets():
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    for size, tile in itertools.product([1, 15, 16, 17, 20, 64, 100, 333, 1000, 4096], [16, 20, 64, 320]):
+        if size < tile:
+            assert cnt.sliding_steps(size, tile) == [0]  # nnU-Net pads the array to one tile
+            continue
+        ours = cnt.sliding_steps(size, tile)
+        assert ours == compute_steps_for_sliding_window((size,), (tile,), 0.5)[0], (size, tile)
+    assert cnt.sliding_steps(7, 1) == list(range(7))  # a 2d model: every section
+
+
+def test_global_tiles_count_each_tile_once_in_the_block_of_its_start():
+    shape, block, patch = (50, 300, 270), (20, 128, 100), (16, 64, 64)
+    tiles = cnt.global_tiles(shape, block, patch)
+    steps = [cnt.sliding_steps(s, p) for s, p in zip(shape, patch)]
+    brute = np.zeros(tiles.shape)
+    for start in itertools.product(*steps):
+        brute[tuple(s // b for s, b in zip(start, block))] += 1
+    assert np.array_equal(tiles, brute)
+    assert tiles.sum() == cnt.volume_tiles(shape, patch)
+    halo = cnt.halo_tiles(shape, block, (4, 16, 16), patch)
+    assert halo.sum() > tiles.sum()  # halo tiling recomputes the border tiles
+
+
+def test_makespan_and_wavefront():
+    assert cnt.makespan(np.array([4.0, 3.0, 3.0, 2.0]), 2) == 6.0  # longest first: {4, 2} and {3, 3}
+    assert cnt.makespan(np.ones(10), 1) == 10.0
+    assert cnt.makespan(np.ones(10), 20) == 1.0
+    assert cnt.makespan(np.ones(cnt.LPT_LIMIT + 10), 7) == pytest.approx((cnt.LPT_LIMIT + 10) / 7)
+    grid = np.ones((4, 3, 2))
+    waves = cnt.wavefront(grid, 1, per_wave_s=0.5)
+    assert waves.count == sum(grid.shape) - 2  # as predict_volume runs them
+    assert waves.seconds == grid.sum() + 0.5 * waves.count
+    wide = cnt.wavefront(grid, waves.widest, per_wave_s=0.5)
+    assert wide.seconds == wide.limit_s == waves.count * 1.5
+    previous = np.inf
+    for w in range(1, 10):
+        now = cnt.wavefront(grid, w, per_wave_s=0.5).seconds
+        assert wide.limit_s <= now <= previous
+        previous = now
