@@ -1,7 +1,9 @@
 """``alseg calibrate SPEC`` and ``alseg plan SPEC --nodes N --gpus-per-node G``: the command-line side.
 
 ``plan`` reads no voxel: the volume's shape comes from ``--shape`` or from the image's metadata
-(zarr.json / .zattrs and the array's metadata, as ``alseg info`` reads them).
+(zarr.json / .zattrs and the array's metadata, as ``alseg info`` reads them). It loads neither
+torch nor nnU-Net: :mod:`alseg.plan.calibrate`, which runs the stages, is imported by
+``calibrate`` alone.
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ from typing import Any
 
 from alseg.errors import AlsegError, SpecError
 from alseg.io import store as st
-from alseg.plan.calibrate import calibrate
-from alseg.plan.job import Cluster
+from alseg.plan.job import Cluster, default_cpus_per_node
 from alseg.plan.model import project, render
 from alseg.plan.profile import Profile, default_path, default_profile, load_profile, save_profile
 from alseg.spec import JobSpec, load_spec
 
 
 def volume_facts(spec: JobSpec, shape: list[int] | None, voxel_size_nm: list[float] | None,
-                 dtype_bytes: int | None) -> tuple[tuple[int, int, int], int, tuple[float, ...] | None, str]:
-    """Shape, bytes per voxel and voxel size of the spec's input, and where they came from:
-    ``--shape`` (nothing opened) or the OME-Zarr metadata (no chunk is read)."""
+                 dtype_bytes: int | None) -> tuple[tuple[int, int, int], int, tuple[float, ...] | None, list[str]]:
+    """Shape, bytes per voxel and voxel size of the spec's input, and where each came from: the
+    options, else the OME-Zarr metadata (no chunk is read) unless ``--shape`` is given (then the
+    input is not opened: 1 byte per voxel, and the voxel size None, for the profile's)."""
+    voxel = tuple(float(v) for v in voxel_size_nm) if voxel_size_nm else None
+    said = [] if voxel is None else [f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm from --voxel-size"]
     if shape is not None:
-        return tuple(shape), dtype_bytes or 1, tuple(voxel_size_nm) if voxel_size_nm else None, \
-            "volume shape from --shape (input not opened)" + ("" if dtype_bytes else "; 1 byte per voxel assumed (--dtype-bytes)")
+        said.insert(0, "volume shape from --shape (input not opened)")
+        said.insert(1, f"{dtype_bytes} byte(s) per voxel from --dtype-bytes" if dtype_bytes else
+                    "1 byte per voxel assumed (--dtype-bytes)")
+        return tuple(shape), dtype_bytes or 1, voxel, said  # type: ignore[return-value]
     from alseg.io.omezarr import open_volume
 
     try:
@@ -34,19 +40,26 @@ def volume_facts(spec: JobSpec, shape: list[int] | None, voxel_size_nm: list[flo
     except AlsegError as err:
         raise SpecError(f"cannot learn the volume's shape from input.url {st.redact(spec.input.url)} ({err}): "
                         "give it as --shape Z Y X") from err
-    return vol.shape, dtype_bytes or vol.dtype.itemsize, tuple(voxel_size_nm) if voxel_size_nm else vol.voxel_size_nm, \
-        "volume shape from the input's OME-Zarr metadata (no voxel read)"
+    said.insert(0, f"volume shape from the input's OME-Zarr metadata (level {spec.input.level}; no voxel read)")
+    said.insert(1, f"{dtype_bytes} byte(s) per voxel from --dtype-bytes" if dtype_bytes else
+                f"{vol.dtype.itemsize} byte(s) per voxel: the input's dtype ({vol.dtype})")
+    if voxel is None:
+        voxel = tuple(float(v) for v in vol.voxel_size_nm)
+        said.append(f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm from the input's metadata")
+    return vol.shape, dtype_bytes or vol.dtype.itemsize, voxel, said
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     spec = load_spec(args.spec)
     profile: Profile = load_profile(args.profile) if args.profile else default_profile()
-    shape, dtype_bytes, voxel, source = volume_facts(spec, args.shape, args.voxel_size, args.dtype_bytes)
-    cluster = Cluster(args.nodes, args.gpus_per_node, args.cpus_per_node or profile.device.cpu_count)
-    plan = project(spec, shape, cluster, profile, dtype_bytes=dtype_bytes, voxel_size_nm=voxel)
-    plan.assumptions.insert(0, source + ("" if args.cpus_per_node else f"; {cluster.cpus_per_node} CPUs per node "
-                                         "(the profile's node; --cpus-per-node)"))
+    shape, dtype_bytes, voxel, sources = volume_facts(spec, args.shape, args.voxel_size, args.dtype_bytes)
+    if args.cpus_per_node:
+        cpus, line = args.cpus_per_node, f"{args.cpus_per_node} CPUs per node from --cpus-per-node"
+    else:
+        cpus, line = default_cpus_per_node(spec, args.gpus_per_node, profile.device.cpu_count)
+    plan = project(spec, shape, Cluster(args.nodes, args.gpus_per_node, cpus), profile, dtype_bytes=dtype_bytes,
+                   voxel_size_nm=voxel, sources=[*sources, line])
     if args.json:
         out: dict[str, Any] = plan.to_json()
         out["seconds_to_plan"] = round(time.perf_counter() - t0, 3)
@@ -57,6 +70,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    # here, not at the top: calibrating runs the stages (torch, nnU-Net); `alseg plan` must not load them
+    from alseg.plan.calibrate import calibrate
+
     spec = load_spec(args.spec)
     profile = calibrate(spec, quick=args.quick, shape=args.shape, work_dir=args.work, store_url=args.store,
                         keep=args.keep, progress=not args.quiet, say=print)
@@ -108,11 +124,14 @@ def add_plan_parsers(subparsers: Any) -> None:
     p.add_argument("spec", help="path of the YAML job spec")
     p.add_argument("--nodes", type=int, required=True, help="nodes of the cluster")
     p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node (0: CPU nodes)")
-    p.add_argument("--cpus-per-node", type=int, default=None, help="CPUs per node (default: the profile's node)")
+    p.add_argument("--cpus-per-node", type=int, default=None,
+                   help="CPUs per node (default: with GPUs, what they need: the largest CPUs-per-GPU ratio of the spec's "
+                   "GPU stages x --gpus-per-node; on CPU nodes, the profile's node's count; the plan says which)")
     p.add_argument("--profile", default=None, help="profile from alseg calibrate (default: the built-in assumption)")
     p.add_argument("--shape", nargs=3, type=int, metavar=("Z", "Y", "X"), default=None,
                    help="the volume's shape (default: read from the input's OME-Zarr metadata)")
     p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"), default=None,
-                   help="voxel size in nm (default: the input's metadata, else the profile's)")
+                   help="voxel size in nm (default: the input's metadata; with --shape, the input is not opened and "
+                   "the profile's calibration volume's is used; the plan's sources say which)")
     p.add_argument("--dtype-bytes", type=int, default=None, help="bytes per input voxel (default: the input's dtype, else 1)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -133,6 +133,17 @@ def volume_tiles(shape: Sequence[int], patch: Sequence[int]) -> int:
     return math.prod(len(sliding_steps(s, p)) for s, p in zip(shape, patch))
 
 
+def mirror_passes(patch: Sequence[int], mirroring: bool) -> int:
+    """Network passes per tile: one, or with test-time mirroring one per subset of the mirrored axes
+    (nnU-Net's ``_internal_maybe_mirror_and_predict``: the plain pass plus every non-empty
+    combination of flips), 2^3 = 8 for a 3D patch and 2^2 = 4 for a 2d model, which mirrors its
+    sections' (y, x) (``patch`` one voxel deep on z, as alseg predicts 2d models)."""
+    if not mirroring:
+        return 1
+    axes = 3 if len(patch) == 3 and int(patch[0]) > 1 else 2
+    return 2**axes
+
+
 def makespan(durations: np.ndarray, workers: int) -> float:
     """Wall time of independent items on ``workers`` identical workers: longest-first list
     scheduling (each item to the least loaded worker), or its bound for very many items."""

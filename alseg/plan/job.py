@@ -22,9 +22,14 @@ ASSUMPTIONS = [
     "work items of a stage spread over its workers, longest first; each worker at the profile's per-worker rate",
     "workers = what the cluster holds of resources.<stage> (CPUs and GPUs per node x nodes), capped by its `workers`; "
     "serial backend: 1; linking, pyramids, masks, stitching and scoring are 1-CPU tasks",
+    "Ray: a stage whose resources.<stage>.workers is unset gets as many workers as the cluster holds when it starts; "
+    "the plan assumes the whole cluster is up (an autoscaling cluster starting from 0 workers is not)",
     "global tiling: blocks run in waves (wave = i + j + k); each wave starts its workers (model load); a wave takes at "
     "least its longest block, so prediction never drops below the wavefront limit",
-    "prediction cost = nnU-Net's tiles (counted exactly) x seconds per tile (scaled by patch voxels)",
+    "prediction cost = nnU-Net's tiles (counted exactly) x seconds per tile, scaled by patch voxels and by network "
+    "passes per tile (test-time mirroring: 8 in 3D, 4 for a 2d model, 1 without; the profile's own mirroring divided "
+    "out; a mirrored pass costs a plain one); uncertainty scoring predicts without mirroring, nnU-Net's final "
+    "validation with it",
     "nnU-Net trains in one process on one device: more GPUs do not shorten pretraining or fine-tuning; an iteration "
     "scales with batch x patch voxels; a validation iteration = 1/3 of a training one",
     "MAE: data-parallel ranks split the batch; a step scales with the per-rank batch x pixels (all-reduce not counted)",
@@ -61,7 +66,8 @@ class Cluster:
         n = min(per_node) if per_node else self.cpus_per_node
         if n < 1:
             raise SpecError(f"{label}: one worker asks for {res.cpus:g} CPU and {res.gpus if on_gpu else 0:g} GPU, "
-                            f"a node has {self.cpus_per_node} CPUs and {self.gpus_per_node} GPUs: no node fits it")
+                            f"a node has {self.cpus_per_node} CPUs and {self.gpus_per_node} GPUs: no node fits it; give "
+                            f"the target nodes' CPUs as --cpus-per-node (or lower {label}.cpus)")
         total = n * self.nodes
         return (min(total, res.workers) if res.workers else total), on_gpu
 
@@ -100,6 +106,10 @@ class JobPlan:
     stages: list[StagePlan]
     assumptions: list[str]
     warnings: list[str]
+    sources: list[str] = field(default_factory=list)
+    """Where the volume's shape, bytes per voxel and voxel size, and the nodes' CPUs came from."""
+    refusals: list[str] = field(default_factory=list)
+    """What ``alseg run`` will refuse in this spec (also the first warnings)."""
 
     @property
     def total_seconds(self) -> float:
@@ -146,7 +156,13 @@ class JobContext:
         self.patch_vox = math.prod(p.shape_vox)
         self.warnings: list[str] = []
         self.patch_plan, self.classes = self._nnunet_patch()
-        self.tile_s = math.prod(self.patch_plan) / self.r.predict.tile_voxels_per_s
+        pr = self.r.predict
+        self.measured_passes = cnt.mirror_passes(as3(pr.patch_vox), pr.mirroring)
+        self.pass_s = math.prod(self.patch_plan) / pr.tile_voxels_per_s / self.measured_passes
+        """Seconds of one network pass over a tile of the plan's patch (the profile's mirroring divided out)."""
+        self.passes = cnt.mirror_passes(self.patch_plan, spec.prediction.mirroring)
+        self.tile_s = self.pass_s * self.passes
+        """Seconds per tile at the spec's ``prediction.mirroring`` (``predict_volume``)."""
         self.warm = False  # the serial runner's one process has predicted before (the network is warm)
 
     def warmup_s(self) -> tuple[float, float]:
@@ -172,9 +188,20 @@ class JobContext:
         classes = 3 if n.boundary_class else 2
         return tuple(int(v) for v in patch), classes  # type: ignore[return-value]
 
+    def mirroring_basis(self, passes: int, what: str) -> str:
+        """What a stage's tile time rests on: the profile's passes per tile scaled to ``passes``."""
+        pr = self.r.predict
+        return (f"{what}: {passes} network pass(es) per tile at {self.pass_s:.3f} s each; the profile measured "
+                f"{self.measured_passes} per tile (mirroring {pr.mirroring}, patch {list(pr.patch_vox)})")
+
     def workers(self, res: StageResources, label: str, rate_device: str) -> tuple[int, bool]:
         w, on_gpu = self.cluster.fit(res, self.backend, label)
         c = self.cluster
+        if self.backend == "ray" and res.workers is None:
+            self.warnings.append(
+                f"{label}.workers is unset: on Ray, `alseg run` starts as many workers as the cluster holds when the stage "
+                f"starts (Ray's current resources), so a cluster that autoscales from 0 workers gets 1; this plan assumes "
+                f"the whole cluster is up ({w} worker(s)): set {label}.workers: {w}")
         if on_gpu and self.backend == "ray" and res.cpus > 0 and c.cpus_per_node // res.cpus < c.gpus_per_node // res.gpus:
             self.warnings.append(f"{label}: {c.cpus_per_node} CPUs per node hold only {int(c.cpus_per_node // res.cpus)} "
                                  f"workers of {res.cpus:g} CPUs, fewer than the node's {c.gpus_per_node} GPUs allow")
@@ -199,6 +226,34 @@ class JobContext:
         n = self.r.nnunet
         batch = schedule.batch_size or self.spec.nnunet.plan_overrides.batch_size or n.batch_size
         return n.s_per_iteration * (batch / n.batch_size) * (math.prod(self.patch_plan) / math.prod(as3(n.patch_vox)))
+
+
+STAGE_RESOURCES = ("pseudolabel", "nnunet", "embedding", "prediction", "postprocess")
+"""The per-worker requests of a spec (``resources.<name>``)."""
+
+
+def default_cpus_per_node(spec: JobSpec, gpus_per_node: int, profile_cpus: int) -> tuple[int, str]:
+    """CPUs per node when none are given, and a line saying how they were chosen.
+
+    With GPUs: what the GPUs need, the largest CPUs-per-GPU ratio of the spec's GPU stages times
+    the GPUs (at least one worker's CPUs of every stage), never the calibration node's count (a
+    profile made on a 2-core machine says nothing of the target's nodes). CPU nodes: the profile's
+    node's count, the only figure at hand."""
+    res = {name: getattr(spec.resources, name) for name in STAGE_RESOURCES}
+    ratios = {name: r.cpus / r.gpus for name, r in res.items() if r.gpus > 0}
+    if gpus_per_node > 0 and ratios:
+        name = max(ratios, key=lambda k: ratios[k])
+        need = math.ceil(ratios[name] * gpus_per_node)
+        widest = max(math.ceil(r.cpus) for r in res.values())
+        cpus = max(need, widest, 1)
+        line = (f"{cpus} CPUs per node (default; give --cpus-per-node): what {gpus_per_node} GPU(s) need at "
+                f"resources.{name}'s {ratios[name]:g} CPUs per GPU, the largest ratio of the spec's GPU stages")
+        if widest > need:
+            line += f", raised to the largest per-worker request ({widest} CPUs)"
+        return cpus, line
+    why = "CPU nodes" if gpus_per_node == 0 else "no stage asks for a GPU"
+    return profile_cpus, (f"{profile_cpus} CPUs per node (default for {why}: the profile's node's; give --cpus-per-node "
+                          "for the target's)")
 
 
 def as3(patch: Sequence[int]) -> tuple[int, ...]:

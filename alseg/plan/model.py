@@ -13,17 +13,22 @@ The model (every plan prints these; each stage also lists what its number rests 
 * workers of a stage: what the cluster holds of its per-worker request (``resources.<stage>``:
   CPUs and GPUs per node, times the nodes), capped by ``resources.<stage>.workers``; the serial
   backend has one; passes without their own request (linking, pyramids, masks, stitching,
-  scoring) are one-CPU tasks;
+  scoring) are one-CPU tasks; on Ray a stage without ``workers`` takes what the cluster holds when
+  it starts, so the plan assumes the whole cluster is up (and warns: an autoscaling cluster that
+  starts from 0 workers gives such a stage 1);
 * prediction under global tiling runs in waves (a block after its lower neighbours: wave
   i + j + k), each wave starting its workers, which load the model; however many GPUs, a wave
   takes at least its longest block, so the stage never drops below the sum over waves of the
   longest block (the *wavefront limit*, printed);
 * a block's prediction costs its tiles (nnU-Net's tile placement, counted exactly) times the
-  seconds per tile; another patch scales the tile time with its voxels;
+  seconds per tile; another patch scales the tile time with its voxels, and test-time mirroring
+  with its network passes per tile (8 in 3D, 4 for a 2d model, which mirrors y and x; the
+  profile's own passes divided out, so a profile measured with mirroring plans a spec without it
+  and the other way round); uncertainty scoring predicts without mirroring;
 * nnU-Net trains in one process on one device (alseg's trainer), so more GPUs do not shorten
   pretraining or fine-tuning; an iteration's time scales with batch x patch voxels; a validation
   iteration counts as a third of a training one; nnU-Net's final validation predicts every case
-  with mirroring (8 network passes in 3D) unless the profile already mirrored;
+  with mirroring;
 * the MAE trains data-parallel over its ranks (Ray with GPUs), a step's time scaling with each
   rank's share of the batch and with the image's pixels (all-reduce not counted);
 * storage: a stage takes at least its bytes over the profile's per-process store rates times its
@@ -32,9 +37,14 @@ The model (every plan prints these; each stage also lists what its number rests 
   time people take is not counted), fine-tunes on everything annotated so far and predicts the
   held-out region (then the mask, instances and scores of the whole volume, as ``run_predict`` does);
 * peak memory per worker: the arrays one work item holds (estimates from array sizes; torch's and
-  nnU-Net's own buffers are not counted; nnU-Net training is not modelled);
+  nnU-Net's own buffers are not counted; nnU-Net training, pretraining and fine-tuning alike, is
+  not modelled: ``resources.nnunet.memory_gb`` is shown where set);
 * selection, annotation, embedding quality, the measurement table and the report are not
   measured by ``alseg calibrate``: their small figures are formulas marked *assumed*.
+
+Besides times, a plan names what ``alseg run`` will refuse (:func:`refusals`: a run directory on
+object storage, where the nnU-Net stages need local files) and where its inputs came from
+(``sources``: the volume's shape, bytes and voxel size, the nodes' CPUs).
 """
 
 from __future__ import annotations
@@ -43,24 +53,63 @@ import math
 from collections.abc import Sequence
 
 from alseg.errors import SpecError
+from alseg.io import store as st
+from alseg.pipeline.graph import Stage
 from alseg.pipeline.graph import plan as stage_graph
 from alseg.plan.job import ASSUMPTIONS, Cluster, JobContext, JobPlan
 from alseg.plan.profile import Profile, differences
 from alseg.plan.stages import project_stage
+from alseg.select import uncertainty_measure
 from alseg.spec import JobSpec
+
+NNUNET_STAGES = ("pretrain", "finetune", "evaluate", "predict")
+"""Stages (by kind) that open nnU-Net's folders under the run directory (``nnunet_dirs``)."""
+
+
+def refusals(spec: JobSpec, graph: Sequence[Stage]) -> list[str]:
+    """What ``alseg run`` will refuse in ``spec``, naming the first stage that fails: nnU-Net reads
+    and writes local files, so its stages refuse a run directory on object storage."""
+    scheme = st.protocol_of(spec.run.dir)
+    if scheme == "file":
+        return []
+    scores = uncertainty_measure(spec.selection) is not None
+
+    def opens_nnunet(key: str) -> bool:
+        kind = key.partition("-")[0]
+        return kind in NNUNET_STAGES or (kind == "select" and scores)
+
+    keys = [s.key for s in graph]
+    first = next((i for i, k in enumerate(keys) if opens_nnunet(k)), None)
+    if first is None:
+        return []
+    before = f"after {', '.join(keys[:first])} ran" if first else "at once"
+    return [f"`alseg run` WILL FAIL at stage {keys[first]} ({before}): run.dir {st.redact(spec.run.dir)} is on object "
+            f"storage ({scheme}), and the nnU-Net stages need a local or shared-filesystem run directory (nnU-Net reads "
+            "and writes local files). Keep the input on object storage; set run.dir to a local or shared path"]
 
 
 def project(spec: JobSpec, shape: Sequence[int], cluster: Cluster, profile: Profile, *, dtype_bytes: int = 1,
-            voxel_size_nm: Sequence[float] | None = None) -> JobPlan:
-    """The plan of ``spec`` on a volume of ``shape`` voxels on ``cluster``, at ``profile``'s rates."""
+            voxel_size_nm: Sequence[float] | None = None, sources: Sequence[str] = ()) -> JobPlan:
+    """The plan of ``spec`` on a volume of ``shape`` voxels on ``cluster``, at ``profile``'s rates.
+
+    ``voxel_size_nm`` None: the profile's calibration volume's (said in the plan's ``sources``,
+    after the caller's own ``sources``)."""
     if len(shape) != 3 or any(int(s) <= 0 for s in shape):
         raise SpecError(f"volume shape: expected 3 positive sizes (z, y, x), got {tuple(shape)}")
-    voxel = tuple(voxel_size_nm) if voxel_size_nm is not None else tuple(profile.voxel_size_nm)
+    said = list(sources)
+    if voxel_size_nm is not None:
+        voxel = tuple(float(v) for v in voxel_size_nm)
+    else:
+        voxel = tuple(float(v) for v in profile.voxel_size_nm)
+        said.append(f"voxel size {' x '.join(f'{v:g}' for v in voxel)} nm (z y x) from the profile's calibration volume, "
+                    "not the input's (give --voxel-size Z Y X); it sizes the MAE's inputs where embedding.img_size_px is unset")
     job = JobContext(spec, shape, cluster, profile, dtype_bytes, voxel)
     if job.pool == 0:
         raise SpecError(f"no candidate patches: patch {spec.patches.shape_vox} with edge {spec.patches.edge!r} and the "
                         f"holdout leave none in a volume of {tuple(shape)}")
-    stages = [project_stage(job, st) for st in stage_graph(spec)]
+    graph = stage_graph(spec)
+    stages = [project_stage(job, stage) for stage in graph]
+    refused = refusals(spec, graph)
     # the built-in default was measured at no spec's settings: its own warning says so
     warnings = list(dict.fromkeys(job.warnings + ([] if profile.assumption else differences(profile, spec))))
     if profile.assumption:
@@ -69,7 +118,7 @@ def project(spec: JobSpec, shape: Sequence[int], cluster: Cluster, profile: Prof
     if spec.resources.backend == "serial" and (cluster.nodes > 1 or cluster.gpus_per_node > 1):
         warnings.append("resources.backend is serial: one worker runs everything, whatever the cluster")
     return JobPlan(spec.name, job.shape, job.dtype, voxel, cluster, profile.describe(), profile.assumption, job.pool, stages,
-                   list(ASSUMPTIONS), warnings)
+                   list(ASSUMPTIONS), refused + warnings, sources=said, refusals=refused)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -101,8 +150,11 @@ def render(plan: JobPlan) -> str:
     lines = [f"plan for job {plan.name}: volume {z} x {y} x {x} ({math.prod(plan.shape):,} voxels, "
              f"{_bytes(plan.input_bytes)} at {plan.dtype_bytes} B/voxel), "
              f"{c.nodes} node(s) x {c.gpus_per_node} GPU(s), {c.cpus_per_node} CPUs per node",
-             f"profile: {plan.profile}",
-             f"candidate patches (pool): {plan.pool_patches:,}", ""]
+             f"profile: {plan.profile}"]
+    lines += [f"!! {r}" for r in plan.refusals]
+    if plan.sources:
+        lines += ["sources:"] + [f"  - {s}" for s in plan.sources]
+    lines += [f"candidate patches (pool): {plan.pool_patches:,}", ""]
     head = ("stage", "work", "tasks", "workers", "read", "written", "peak mem/worker", "wall time")
     rows = []
     for s in plan.stages:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alseg.embed.data import input_side
+from alseg.embed.sizes import input_side
 from alseg.errors import SpecError
 from alseg.geometry import Box
 from alseg.pipeline.graph import Stage
@@ -47,7 +47,7 @@ def _pseudolabels(job: JobContext, st: Stage) -> StagePlan:
         mem += os.path.getsize(weights)
     seconds = roofline(job, segment + finish, read, written, w, basis)
     return stage_plan(st.key, st.title, seconds, w, 3 * blocks, items={"blocks": blocks}, bytes_read=int(read),
-                  bytes_written=int(written), peak_memory_bytes=mem, basis=basis)
+                      bytes_written=int(written), peak_memory_bytes=mem, basis=basis)
 
 
 def _scoring(job: JobContext, voxels: float, blocks: int) -> tuple[float, list[str]]:
@@ -82,11 +82,19 @@ def _training(job: JobContext, schedule: TrainingSpec, cases: int) -> tuple[floa
     basis = [f"training: {schedule.epochs} epochs x ({schedule.iterations_per_epoch} + {schedule.val_iterations_per_epoch}/3) "
              f"iterations x {it:.3f} s + {n.train_startup_s:.0f} s start-up; one process, one device"]
     if schedule.final_validation:
-        mirror = 1 if job.r.predict.mirroring else (8 if job.patch_plan[0] > 1 else 4)
-        tiles = cnt.volume_tiles(job.spec.patches.shape_vox, job.patch_plan) * cases * mirror
-        s += tiles * job.tile_s
-        basis.append(f"nnU-Net's final validation: {cases:,} cases x {tiles // max(cases, 1):,} tile passes (mirroring)")
+        passes = cnt.mirror_passes(job.patch_plan, True)  # nnU-Net's trainer validates with mirroring
+        tiles = cnt.volume_tiles(job.spec.patches.shape_vox, job.patch_plan) * cases
+        s += tiles * passes * job.pass_s
+        basis.append(f"nnU-Net's final validation: {cases:,} cases x {tiles // max(cases, 1):,} tiles x {passes} network "
+                     f"passes (mirroring) at {job.pass_s:.3f} s per pass")
     return s, basis
+
+
+def _training_memory(job: JobContext) -> tuple[int | None, str]:
+    """Peak memory of an nnU-Net training process: not modelled; the spec's request where it sets one."""
+    mem = job.spec.resources.nnunet.memory_gb
+    return (None if mem is None else int(mem * 2**30),
+            "peak memory: nnU-Net's own (not modelled; resources.nnunet.memory_gb shown when set)")
 
 
 def _pretrain(job: JobContext, st: Stage) -> StagePlan:
@@ -97,10 +105,9 @@ def _pretrain(job: JobContext, st: Stage) -> StagePlan:
     read = job.pool * job.patch_vox * (job.dtype + 4)
     written = job.pool * job.patch_vox * (4 + 1) * 2 + 2 * n.model_bytes
     seconds = roofline(job, prep + train, read, written, 1, basis)
-    mem = job.spec.resources.nnunet.memory_gb
+    mem, why = _training_memory(job)
     return stage_plan(st.key, st.title, seconds, 1, 3, items={"cases": job.pool}, bytes_read=read, bytes_written=written,
-                  peak_memory_bytes=None if mem is None else int(mem * 2**30),
-                  basis=basis + ["peak memory: nnU-Net's own (not modelled; resources.nnunet.memory_gb shown when set)"])
+                      peak_memory_bytes=mem, basis=basis + [why])
 
 
 def _finetune(job: JobContext, st: Stage, round_index: int) -> StagePlan:
@@ -112,8 +119,9 @@ def _finetune(job: JobContext, st: Stage, round_index: int) -> StagePlan:
     read = cases * job.patch_vox * (job.dtype + 4)
     written = cases * job.patch_vox * 5 * 2 + 2 * n.model_bytes
     seconds = roofline(job, prep + train, read, written, 1, basis + more)
+    mem, why = _training_memory(job)
     return stage_plan(st.key, st.title, seconds, 1, 3, items={"cases": cases}, bytes_read=read, bytes_written=written,
-                  basis=basis + more)
+                      peak_memory_bytes=mem, basis=basis + more + [why])
 
 
 def _embed_model(job: JobContext, st: Stage) -> StagePlan:
@@ -160,7 +168,7 @@ def _embed_model(job: JobContext, st: Stage) -> StagePlan:
     read = sample * job.patch_vox * job.dtype * 2
     seconds = roofline(job, seconds, read, 0, 1, basis)
     return stage_plan(st.key, st.title, seconds, world, world, items={"patches": sample}, bytes_read=read,
-                  peak_memory_bytes=mem, basis=basis)
+                      peak_memory_bytes=mem, basis=basis)
 
 
 def _patch_rate(job: JobContext, side: int) -> float:
@@ -183,8 +191,8 @@ def _embed(job: JobContext, st: Stage) -> StagePlan:
              f"{min(w, items)} worker(s) (one per chunk at most)"]
     seconds = roofline(job, compute, read, job.pool * 4096, min(w, items), basis)
     return stage_plan(st.key, st.title, seconds, min(w, items), items, items={"patches": job.pool, "chunks": items},
-                  bytes_read=read, bytes_written=job.pool * 4096,
-                  peak_memory_bytes=e.slices_per_patch * side * side * 4 * 8 + job.patch_vox * (job.dtype + 4), basis=basis)
+                      bytes_read=read, bytes_written=job.pool * 4096,
+                      peak_memory_bytes=e.slices_per_patch * side * side * 4 * 8 + job.patch_vox * (job.dtype + 4), basis=basis)
 
 
 def _embed_quality(job: JobContext, st: Stage) -> StagePlan:
@@ -194,7 +202,7 @@ def _embed_quality(job: JobContext, st: Stage) -> StagePlan:
     read = sample * job.patch_vox * (job.dtype + 8)
     seconds = sample / _patch_rate(job, side) + job.io_seconds(read, 0, 1)
     return stage_plan(st.key, st.title, seconds, 1, 1, items={"patches": sample}, bytes_read=read, assumed=True,
-                  basis=[f"assumed: {sample:,} patches' pixels at the embedding rate + their label reads"])
+                      basis=[f"assumed: {sample:,} patches' pixels at the embedding rate + their label reads"])
 
 
 @dataclass
@@ -218,10 +226,6 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
     patch = job.patch_plan
     w, _ = job.workers(job.spec.resources.prediction, "resources.prediction", r.device)
     fits = patch[0] > 1 and all(s >= q for s, q in zip(job.shape, patch))
-    if p.mirroring != r.mirroring:
-        job.warnings.append(f"prediction.mirroring is {p.mirroring}, the profile measured {r.mirroring}: "
-                            + ("prediction is underestimated (mirroring runs 8 network passes in 3D)" if p.mirroring else
-                               "prediction is overestimated"))
     writes = cnt.outer(*[cnt.axis_blocks(s, b) for s, b in zip(job.shape, block)])
     if p.tiling == "global" and fits and region is None:
         narrow = [a for a in range(3) if block[a] < patch[a] and block[a] < job.shape[a]]
@@ -238,7 +242,8 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
         memory = int(ext.max()) * (4 + 4 * job.classes + 4)
         basis = [f"global tiling: {int(tiles.sum()):,} tiles of {patch} at {job.tile_s:.3f} s, {tiles.size:,} blocks in "
                  f"{waves.count} waves (widest {waves.widest}), {w} worker(s), model load {r.load_s:.1f} s per wave",
-                 f"wavefront limit (any number of workers): {waves.limit_s:,.0f} s"]
+                 f"wavefront limit (any number of workers): {waves.limit_s:,.0f} s",
+                 job.mirroring_basis(job.passes, f"prediction.mirroring {p.mirroring}")]
         return _Predict(once + waves.seconds, tiles.size, int(tiles.sum()), waves.count, once + waves.limit_s, w, read, written,
                         memory, basis)
     tiles = cnt.halo_tiles(job.shape, block, p.halo_vox, patch)
@@ -251,7 +256,7 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
     memory = int(reads.max()) * (4 + 6 * job.classes + 2)
     what = "the blocks meeting the held-out region" if region is not None else "every block"
     basis = [f"halo tiling ({what}): {int(tiles[chosen].sum()):,} tiles of {patch} at {job.tile_s:.3f} s, {n:,} blocks, "
-             f"{min(w, max(n, 1))} worker(s)"]
+             f"{min(w, max(n, 1))} worker(s)", job.mirroring_basis(job.passes, f"prediction.mirroring {p.mirroring}")]
     return _Predict(seconds, n, int(tiles[chosen].sum()), 1, None, min(w, max(n, 1)), read, written, memory, basis)
 
 
@@ -268,7 +273,7 @@ def _post(job: JobContext) -> tuple[float, int, float, float, list[str]]:
     return seconds, 4 * vox.size, read, written, basis
 
 
-def _predictstage_plan(job: JobContext, st: Stage, region: Box | None, score: bool) -> StagePlan:
+def _predict_stage(job: JobContext, st: Stage, region: Box | None, score: bool) -> StagePlan:
     pred = _predict_volume(job, region)
     post_s, post_tasks, post_read, post_written, post_basis = _post(job)
     network = roofline(job, pred.seconds, pred.read, pred.written, pred.workers, pred.basis)
@@ -291,7 +296,7 @@ def _predictstage_plan(job: JobContext, st: Stage, region: Box | None, score: bo
     limit = None if pred.limit_s is None else pred.limit_s + seconds - network
     mem = pred.memory + job.r.nnunet.model_bytes
     return stage_plan(st.key, st.title, seconds, pred.workers, tasks, items=items, bytes_read=int(read), bytes_written=int(written),
-                  peak_memory_bytes=int(mem), limit_s=limit, basis=basis)
+                      peak_memory_bytes=int(mem), limit_s=limit, basis=basis)
 
 
 def _select(job: JobContext, st: Stage, round_index: int) -> StagePlan:
@@ -303,23 +308,25 @@ def _select(job: JobContext, st: Stage, round_index: int) -> StagePlan:
         samples = sel.samples if sel.method == "bald" else 1
         tiles = cnt.volume_tiles(job.spec.patches.shape_vox, job.patch_plan) * left * samples
         w, _ = job.workers(job.spec.resources.prediction, "resources.prediction", job.r.predict.device)
-        seconds += job.r.predict.load_s + tiles * job.tile_s / w
+        passes = cnt.mirror_passes(job.patch_plan, False)  # score_patches predicts without mirroring (tta flips are its samples)
+        seconds += job.r.predict.load_s + tiles * passes * job.pass_s / w
         read += left * job.patch_vox * job.dtype
         tasks = left
-        basis.append(f"uncertainty scores: {left:,} patches x {samples} pass(es), {tiles:,} tiles over {w} worker(s)")
+        basis += [f"uncertainty scores: {left:,} patches x {samples} sample(s), {tiles:,} tiles over {w} worker(s)",
+                  job.mirroring_basis(passes, "scoring (no mirroring)")]
     seconds += job.io_seconds(read, 0, 1)
     return stage_plan(st.key, st.title, seconds, 1, tasks, items={"candidates": left, "picks": sel.budget}, bytes_read=int(read),
-                  assumed=True, basis=basis)
+                      assumed=True, basis=basis)
 
 
 def _annotate(job: JobContext, st: Stage) -> StagePlan:
     b = job.spec.selection.budget
     if job.spec.annotation.method == "manual":
         return stage_plan(st.key, st.title, 0.0, 1, b, items={"patches": b}, assumed=True,
-                      basis=["manual annotation: the time people take is not counted (the job stops until `alseg import`)"])
+                          basis=["manual annotation: the time people take is not counted (the job stops until `alseg import`)"])
     read, written = b * job.patch_vox * 4, b * job.patch_vox * 5
     return stage_plan(st.key, st.title, 1.0 + job.io_seconds(read, written, 1), 1, b, items={"patches": b}, bytes_read=read,
-                  bytes_written=written, assumed=True, basis=["assumed: ground truth of the picks copied at the store rates + 1 s"])
+                      bytes_written=written, assumed=True, basis=["assumed: ground truth of the picks copied at the store rates + 1 s"])
 
 
 def _measure(job: JobContext, st: Stage) -> StagePlan:
@@ -327,7 +334,7 @@ def _measure(job: JobContext, st: Stage) -> StagePlan:
     cpu = job.cpu_tasks()
     seconds = cnt.makespan(vox / job.r.postprocess.stitch_voxels_per_s, cpu)
     return stage_plan(st.key, st.title, seconds, cpu, vox.size, items={"blocks": vox.size}, bytes_read=job.voxels * 4, assumed=True,
-                  basis=["assumed: one pass over the instances at the stitching rate"])
+                      basis=["assumed: one pass over the instances at the stitching rate"])
 
 
 def _report(job: JobContext, st: Stage) -> StagePlan:
@@ -350,7 +357,7 @@ def project_stage(job: JobContext, st: Stage) -> StagePlan:
         return _embed_quality(job, st)
     kind, _, number = key.partition("-")
     if kind == "evaluate":
-        return _predictstage_plan(job, st, job.holdout, score=True)
+        return _predict_stage(job, st, job.holdout, score=True)
     if kind == "select":
         return _select(job, st, int(number))
     if kind == "annotate":
@@ -358,7 +365,7 @@ def project_stage(job: JobContext, st: Stage) -> StagePlan:
     if kind == "finetune":
         return _finetune(job, st, int(number))
     if key == "predict":
-        return _predictstage_plan(job, st, None, score=False)
+        return _predict_stage(job, st, None, score=False)
     if key == "measure":
         return _measure(job, st)
     if key == "report":
