@@ -10,7 +10,9 @@
 #
 # A second run with nothing changed returns at once: the stamp .tools/.alseg-tools-stamp records
 # the sha256 of locks/tools.txt and of this script. A run that stops half-way leaves the previous
-# folder as it was (the new one is made beside it and swapped in last).
+# folder as it was: the new one is made beside it, in a staging folder of a fresh name that this
+# run creates (<target>.partial.XXXXXX, removed when the script exits), and swapped in last; the
+# script removes nothing it did not make.
 #
 # Knobs (environment):
 #   ALSEG_TOOLS   target folder                      (default: .tools)
@@ -49,8 +51,9 @@ if [[ -e "$tools" && ! -f "$stamp" ]] && [[ -n "$(ls -A "$tools" 2>/dev/null)" ]
 fi
 
 start=$(date +%s)
-staging="$tools.partial"
-rm -rf "$staging"
+staging="$(mktemp -d "$tools.partial.XXXXXX")" || die "cannot make a staging folder beside $tools"
+trap 'rm -rf "$staging"' EXIT
+chmod 755 "$staging"  # mktemp's folder is private; the tools folder it becomes need not be
 say "installing $(grep -c -E '^[a-z0-9-]+==' "$lock") pinned tools from $lock into $tools"
 # --target: the wheels' scripts (the binaries) go to $staging/bin. The constraint is emptied so a
 # machine-wide pip constraint on other packages cannot clash with --require-hashes. pip repeats a

@@ -7,24 +7,13 @@ from __future__ import annotations
 import re
 import shlex
 
+import click
 import pytest
 
-from tests.deploy._deploy import REPO, alseg_problem
+from tests.deploy._deploy import REPO, alseg_problem, ray_job_submit, shell_commands
 
 GUIDES = [REPO / "cluster" / "README.md", REPO / "docker" / "README.md"]
 SEPARATORS = {"|", "||", "&&", ";", "&"}
-
-
-def shell_commands(markdown: str) -> list[str]:
-    """The commands of the ```bash blocks, continuation lines joined, comments dropped."""
-    out = []
-    for block in re.findall(r"```bash\n(.*?)```", markdown, re.S):
-        text = re.sub(r"\\\n\s*", " ", block)
-        for line in text.splitlines():
-            words = shlex.split(line, comments=True)
-            if words:
-                out.append(shlex.join(words))
-    return out
 
 
 def alseg_invocations(command: str) -> list[list[str]]:
@@ -70,6 +59,41 @@ def test_the_cluster_guide_covers_the_whole_job():
 def test_command_check_catches_a_command_that_does_not_exist(markdown):
     invocations = [argv for cmd in shell_commands(markdown) for argv in alseg_invocations(cmd)]
     assert invocations and any(alseg_problem(argv) is not None for argv in invocations)
+
+
+def submit_problems(markdown: str) -> list[str]:
+    """Every `ray job submit` of the guide parses with Ray's own parser, and one that runs a whole job
+    (`alseg run`) reserves a GPU for its driver, which trains nnU-Net (see cluster/README.md)."""
+    out = []
+    for cmd in shell_commands(markdown):
+        if "ray job submit" not in cmd:
+            continue
+        try:
+            params = ray_job_submit(cmd)
+        except click.ClickException as err:  # an unknown option, a value of the wrong type
+            out.append(f"{cmd}: Ray's parser refuses it: {err}")
+            continue
+        if params["entrypoint"][:2] == ("alseg", "run") and not (params["entrypoint_num_gpus"] or 0) >= 1:
+            out.append(f"{cmd}: the driver gets no GPU (--entrypoint-num-gpus 1), so it runs on the CPU head")
+    return out
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_ray_job_submit_reserves_the_drivers_gpu(guide):
+    assert submit_problems(guide.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "markdown, expected",
+    [
+        ("```bash\nray job submit --address http://127.0.0.1:8265 -- alseg run x.yaml\n```\n", "gets no GPU"),
+        ("```bash\nray job submit --entrypoint-num-gpu 1 -- alseg run x.yaml\n```\n", "refuses it"),
+        ("```bash\nray job submit --entrypoint-num-gpus one -- alseg run x.yaml\n```\n", "refuses it"),
+    ],
+)
+def test_submit_check_catches_a_driver_without_a_gpu(markdown, expected):
+    problems = submit_problems(markdown)
+    assert problems and expected in problems[0], problems
 
 
 @pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.relative_to(REPO).as_posix())

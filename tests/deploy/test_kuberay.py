@@ -1,6 +1,7 @@
 """cluster/kuberay/: the RayCluster and RayJob manifests, the job spec's ConfigMap and what the pods
 share, checked structurally against the fields of KubeRay's CRDs they use, then for what alseg needs
-of them (GPU resources, the mounted spec, the entrypoint, the job's per-worker requests).
+of them (GPU resources, the mounted spec, the entrypoint and the GPU worker pod it runs on, the job's
+per-worker requests and worker counts).
 
 The CRD fields are described by hand below, as read from KubeRay v1.7.0's CRDs
 (helm-chart/kuberay-operator/crds/ray.io_rayclusters.yaml and ray.io_rayjobs.yaml, apiVersion
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 from alseg.spec import load_spec
-from tests.deploy._deploy import REPO, SpecError, alseg_problem, spec_from_text, yaml_docs
+from tests.deploy._deploy import (REPO, STAGES, Driver, GiB, Node, SpecError, alseg_problem, driver_hosts,
+                                  driver_problems, host_problems, spec_from_text, worker_count_problems, yaml_docs)
 from tests.test_lock import LOCKS, Lock
 
 KUBERAY = REPO / "cluster" / "kuberay"
@@ -65,6 +67,11 @@ class Quantity:
     pass
 
 
+@dataclass(frozen=True)
+class Number:
+    """The CRD's ``type: number`` (an integer or a float in YAML)."""
+
+
 STR, INT, BOOL = str, int, bool
 LABELS = Map(STR)
 METADATA = Obj({"name": STR, "labels": LABELS, "annotations": Map(STR)})
@@ -72,6 +79,7 @@ CONTAINER = Obj(
     {
         "name": STR,
         "image": STR,
+        "env": Arr(Obj({"name": STR, "value": STR}, ("name",))),
         "resources": Obj({"requests": Map(Quantity()), "limits": Map(Quantity())}),
         "ports": Arr(Obj({"name": STR, "containerPort": INT}, ("containerPort",))),
         "volumeMounts": Arr(Obj({"name": STR, "mountPath": STR, "readOnly": BOOL}, ("mountPath", "name"))),
@@ -137,6 +145,9 @@ RAYJOB_CRD = Obj(
         "spec": Obj(
             {
                 "entrypoint": STR,
+                "entrypointNumCpus": Number(),
+                "entrypointNumGpus": Number(),
+                "entrypointResources": STR,  # a JSON object of custom resources, as a string
                 "submissionMode": Enum(("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")),
                 "backoffLimit": INT,
                 "shutdownAfterJobFinishes": BOOL,
@@ -172,6 +183,9 @@ def structure_problems(node: Any, desc: Any, path: str = "") -> list[str]:
         return [p for k, v in node.items() for p in structure_problems(v, desc.value, f"{where}.{k}")]
     if isinstance(desc, Enum):
         return [] if node in desc.values else [f"{where}: {node!r} is not one of {list(desc.values)}"]
+    if isinstance(desc, Number):
+        ok = isinstance(node, (int, float)) and not isinstance(node, bool)
+        return [] if ok else [f"{where}: expected a number, got {type(node).__name__} {node!r}"]
     if isinstance(desc, Quantity):
         ok = (isinstance(node, int) and not isinstance(node, bool)) or (isinstance(node, str) and QUANTITY.match(node))
         return [] if ok else [f"{where}: {node!r} is not a Kubernetes quantity"]
@@ -185,12 +199,42 @@ CONTAINER_RESOURCES = {"cpu", "memory", "nvidia.com/gpu"}
 UID = 1000  # docker/Dockerfile's USER
 
 
-def _gb(quantity: str | int) -> float:
-    """A memory quantity in GB (10^9 bytes)."""
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+def _amount(quantity: str | int) -> float:
+    """A Kubernetes quantity as a plain number (memory in bytes, CPUs in cores)."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
     m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity))
-    assert m, f"memory quantity {quantity!r}"
-    return float(m.group(1)) * units.get(m.group(2), 1) / 1e9
+    assert m and m.group(2) in units.keys() | {""}, f"quantity {quantity!r}"
+    return float(m.group(1)) * units.get(m.group(2), 1)
+
+
+def pod_node(name: str, group: dict[str, Any]) -> Node:
+    """What a group's pod offers Ray: its Ray container's limits, less the object store (shared memory
+    that counts against the pod's memory limit)."""
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    store = float(group.get("rayStartParams", {}).get("object-store-memory", 0))
+    return Node(name, _amount(limits["cpu"]), _amount(limits.get("nvidia.com/gpu", 0)), _amount(limits["memory"]) - store)
+
+
+def cluster_nodes(spec: dict[str, Any]) -> list[tuple[Node, dict[str, Any]]]:
+    """Every pod kind of a RayCluster spec, the head first, with its pod template."""
+    head = spec["headGroupSpec"]
+    out = [(pod_node("headGroupSpec", head), head["template"])]
+    for group in spec.get("workerGroupSpecs", []):
+        out.append((pod_node(f"group {group['groupName']}", group), group["template"]))
+    if head.get("rayStartParams", {}).get("num-cpus") == "0":  # the head offers Ray no CPU
+        out[0] = (Node(out[0][0].name, 0.0, out[0][0].gpus, out[0][0].memory_bytes), out[0][1])
+    return out
+
+
+def rayjob_driver(job: dict[str, Any]) -> Driver:
+    """What the RayJob's entrypoint reserves (KubeRay v1.7.0 has no field for its memory)."""
+    s = job["spec"]
+    return Driver(float(s.get("entrypointNumCpus", 0)), float(s.get("entrypointNumGpus", 0)))
+
+
+def max_gpus(spec: dict[str, Any]) -> float:
+    """The GPUs of a RayCluster at its largest: every worker group at maxReplicas."""
+    return sum(group["maxReplicas"] * pod_node("", group).gpus for group in spec.get("workerGroupSpecs", []))
 
 
 @dataclass
@@ -275,18 +319,25 @@ def cluster_problems(spec: dict[str, Any], shared: Shared) -> list[str]:
     return out
 
 
-def mounted_spec_path(spec: dict[str, Any], configmap: str, key: str) -> str | None:
-    """Where the head's Ray container sees ``key`` of ConfigMap ``configmap``, if it does."""
-    template = spec["headGroupSpec"]["template"]["spec"]
-    names = {v["name"] for v in template.get("volumes", []) if v.get("configMap", {}).get("name") == configmap}
-    for mount in template["containers"][0].get("volumeMounts", []):
+def mounted_spec_path(template: dict[str, Any], configmap: str, key: str) -> str | None:
+    """Where a pod template's Ray container sees ``key`` of ConfigMap ``configmap``, if it does."""
+    pod = template["spec"]
+    names = {v["name"] for v in pod.get("volumes", []) if v.get("configMap", {}).get("name") == configmap}
+    for mount in pod["containers"][0].get("volumeMounts", []):
         if mount["name"] in names:
             return f"{mount['mountPath'].rstrip('/')}/{key}"
     return None
 
 
+def host_templates(job: dict[str, Any]) -> list[tuple[Node, dict[str, Any]]]:
+    """The pods Ray may start the RayJob's entrypoint on, with their templates."""
+    driver = rayjob_driver(job)
+    return [(n, tpl) for n, tpl in cluster_nodes(job["spec"]["rayClusterSpec"]) if driver_hosts([n], driver)]
+
+
 def entrypoint_problems(job: dict[str, Any], shared: Shared) -> list[str]:
-    """The RayJob's entrypoint is an alseg command that parses, running the mounted job spec."""
+    """The RayJob's entrypoint is an alseg command that parses, running the job spec mounted in every
+    pod it may run on."""
     argv = shlex.split(job["spec"]["entrypoint"])
     if not argv or argv[0] != "alseg":
         return [f"entrypoint {job['spec']['entrypoint']!r} is not an alseg command"]
@@ -296,14 +347,16 @@ def entrypoint_problems(job: dict[str, Any], shared: Shared) -> list[str]:
     if argv[1] != "run":
         return [f"entrypoint runs `alseg {argv[1]}`, not the whole job (`alseg run`)"]
     spec_path = argv[-1]
-    mounted = [
-        mounted_spec_path(job["spec"]["rayClusterSpec"], name, key)
-        for name, data in shared.configmaps.items()
-        for key in data
-    ]
-    if spec_path not in mounted:
-        return [f"entrypoint's spec {spec_path} is not a mounted ConfigMap key (mounted: {mounted})"]
-    return []
+    hosts = host_templates(job)
+    if not hosts:
+        return ["no pod of the cluster can hold the entrypoint's reservation"]
+    out = []
+    for node, template in hosts:
+        mounted = [mounted_spec_path(template, name, key) for name, data in shared.configmaps.items() for key in data]
+        if spec_path not in mounted:
+            out.append(f"entrypoint's spec {spec_path} is not a mounted ConfigMap key in {node.name}, "
+                       f"which may run the entrypoint (mounted: {mounted})")
+    return out
 
 
 # --- the tests ----------------------------------------------------------------------------------
@@ -354,6 +407,21 @@ def test_structure_check_catches_a_broken_copy(raycluster, edit, expected):
     assert any(expected in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda s: s.__setitem__("entrypointNumGpus", "1"), "expected a number, got str"),
+        (lambda s: s.__setitem__("entrypointNumGPUs", s.pop("entrypointNumGpus")), "entrypointNumGPUs: not a field"),
+        (lambda s: s.__setitem__("entrypointMemory", 48), "entrypointMemory: not a field"),  # v1.7.0 has none
+    ],
+)
+def test_structure_check_catches_a_broken_rayjob(rayjob, edit, expected):
+    broken = copy.deepcopy(rayjob)
+    edit(broken["spec"])
+    problems = structure_problems(broken, RAYJOB_CRD)
+    assert any(expected in p for p in problems), problems
+
+
 def test_cluster_gives_alseg_what_it_needs(raycluster, shared):
     assert cluster_problems(raycluster["spec"], shared) == []
     spec = raycluster["spec"]
@@ -395,8 +463,18 @@ def test_rayjob_makes_the_same_cluster(raycluster, rayjob):
 
 def test_rayjob_entrypoint_runs_the_mounted_spec(rayjob, shared):
     assert entrypoint_problems(rayjob, shared) == []
-    path = mounted_spec_path(rayjob["spec"]["rayClusterSpec"], "alseg-job", "job.yaml")
+    (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    path = mounted_spec_path(group["template"], "alseg-job", "job.yaml")
     assert rayjob["spec"]["entrypoint"] == f"alseg run {path}"
+
+
+def test_entrypoint_check_catches_a_gpu_pod_without_the_spec(rayjob, shared):
+    """The driver runs on a GPU worker pod: the spec mounted on the head alone is not enough."""
+    job = copy.deepcopy(rayjob)
+    pod = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] != "job-spec"]
+    problems = entrypoint_problems(job, shared)
+    assert problems and "not a mounted ConfigMap key in group gpu" in problems[0], problems
 
 
 @pytest.mark.parametrize(
@@ -440,22 +518,94 @@ def test_configmap_spec_is_the_documented_mitoem_job(shared, tmp_path):
     a, b = ours.job_content(), theirs.job_content()
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= {"run", "pseudolabel"}
     ra, rb = ours.resources.model_dump(), theirs.resources.model_dump()
+    for k in ra:
+        if isinstance(ra[k], dict):  # a stage's request: only its worker count may differ
+            ra[k].pop("workers"), rb[k].pop("workers")
     assert {k for k in ra if ra[k] != rb[k]} <= {"node_wait_s"}
 
 
-def test_job_fits_the_gpu_workers(raycluster, shared, tmp_path):
-    """Every stage's per-worker request fits one worker pod (the head takes no tasks)."""
+def test_job_fits_the_gpu_workers(raycluster, rayjob, shared, tmp_path):
+    """Every stage's per-worker request fits one worker pod (the head takes no tasks), and the job's
+    driver, which trains nnU-Net, asks for resources.nnunet's GPU and CPUs and so starts on a GPU
+    worker pod that holds it."""
     spec = spec_from_text(shared.configmaps["alseg-job"]["job.yaml"], tmp_path)
     problems = []
     for group in raycluster["spec"]["workerGroupSpecs"]:
-        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        for stage in ("pseudolabel", "nnunet", "embedding", "prediction", "postprocess"):
+        node = pod_node(f"group {group['groupName']}", group)
+        for stage in STAGES:
             req = getattr(spec.resources, stage)
-            if req.cpus > float(limits["cpu"]) or req.gpus > float(limits.get("nvidia.com/gpu", 0)):
-                problems.append(f"{stage} {req} does not fit group {group['groupName']} ({limits})")
-            if req.memory_gb is not None and req.memory_gb > _gb(limits["memory"]):
-                problems.append(f"{stage} memory {req.memory_gb} GB does not fit group {group['groupName']} ({limits['memory']})")
+            mem = 0.0 if req.memory_gb is None else req.memory_gb * GiB
+            if req.cpus > node.cpus or req.gpus > node.gpus or mem > node.memory_bytes:
+                problems.append(f"{stage} {req} does not fit {node}")
     assert problems == []
+    driver = rayjob_driver(rayjob)
+    assert driver.gpus == 1 and driver_problems(driver, spec) == []
+    hosts = host_templates(rayjob)
+    assert [n.name for n, _ in hosts] == ["group gpu"], "the driver must start on a GPU worker pod, not the head"
+    for node, template in hosts:
+        image = template["spec"]["containers"][0]["image"]
+        assert node.gpus >= 1 and image.rsplit(":", 1)[1] == "worker", f"{node.name}: not a GPU pod of the worker image"
+        assert host_problems(node, driver, spec) == []
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda s: s.pop("entrypointNumGpus"), "reserves 0 GPUs"),
+        (lambda s: s.__setitem__("entrypointNumGpus", 0.5), "reserves 0.5 GPUs"),
+        (lambda s: s.__setitem__("entrypointNumCpus", 2), "below resources.nnunet's 8"),
+    ],
+)
+def test_driver_check_catches_a_driver_without_its_gpu(rayjob, shared, tmp_path, edit, expected):
+    spec = spec_from_text(shared.configmaps["alseg-job"]["job.yaml"], tmp_path)
+    job = copy.deepcopy(rayjob)
+    edit(job["spec"])
+    problems = driver_problems(rayjob_driver(job), spec)
+    assert any(expected in p for p in problems), problems
+
+
+def test_driver_without_a_gpu_may_start_on_the_head(rayjob):
+    """What the reservation is for: without a GPU (and with no CPUs) the head is a host, and there the
+    driver would train nnU-Net on CPUs."""
+    job = copy.deepcopy(rayjob)
+    job["spec"].pop("entrypointNumGpus")
+    job["spec"].pop("entrypointNumCpus")
+    assert "headGroupSpec" in [n.name for n, _ in host_templates(job)]
+
+
+def test_host_check_catches_a_pod_too_small_for_the_driver(rayjob, shared, tmp_path):
+    spec = spec_from_text(shared.configmaps["alseg-job"]["job.yaml"], tmp_path)
+    driver = rayjob_driver(rayjob)
+    assert host_problems(Node("small", 10, 1, 40 * GiB), driver, spec)  # resources.nnunet: 48 GiB
+    assert host_problems(Node("few CPUs", 6, 1, 120 * GiB), driver, spec)
+    # an 8-GPU pod with 10 CPUs: the 7 GPUs left cannot each get a prediction worker's 4 CPUs
+    assert any("prediction workers" in p for p in host_problems(Node("8 GPUs", 10, 8, 1000 * GiB), driver, spec))
+
+
+def test_gpu_stages_name_their_worker_counts(raycluster, rayjob, shared, tmp_path):
+    """A stage without `workers` starts as many workers as the cluster holds when it starts: one, on
+    this cluster of 0 GPU pods at first. Each GPU stage names its count, within the GPUs the cluster
+    grows to, less the driver's."""
+    spec = spec_from_text(shared.configmaps["alseg-job"]["job.yaml"], tmp_path)
+    assert max_gpus(raycluster["spec"]) == 8
+    assert worker_count_problems(spec, max_gpus(raycluster["spec"]), rayjob_driver(rayjob)) == []
+    assert spec.resources.prediction.workers == spec.resources.pseudolabel.workers == 7
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("memory_gb: 32, workers: 7}", "memory_gb: 32}", "resources.prediction sets no workers"),
+        ("{cpus: 2, gpus: 1, workers: 7}", "{cpus: 2, gpus: 1, workers: 8}", "resources.pseudolabel: 8 workers"),
+        ("{cpus: 4, gpus: 1, workers: 1}", "{cpus: 4, gpus: 2, workers: 4}", "resources.embedding: 4 workers of 2 GPUs"),
+    ],
+)
+def test_worker_count_check_catches_a_broken_spec(raycluster, rayjob, shared, tmp_path, old, new, expected):
+    text = shared.configmaps["alseg-job"]["job.yaml"]
+    assert old in text
+    spec = spec_from_text(text.replace(old, new), tmp_path)
+    problems = worker_count_problems(spec, max_gpus(raycluster["spec"]), rayjob_driver(rayjob))
+    assert any(expected in p for p in problems), problems
 
 
 def test_images_and_ray_version_match_the_images(raycluster):

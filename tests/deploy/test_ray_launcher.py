@@ -16,15 +16,17 @@ import pytest
 import yaml
 
 from alseg.spec import load_spec
-from tests.deploy._deploy import REPO
+from tests.deploy._deploy import (REPO, STAGES, GiB, Node, driver_hosts, driver_problems, host_problems, shell_commands,
+                                  spec_from_text, submit_driver, worker_count_problems)
 
 CONFIG = REPO / "cluster" / "ray-cluster.yaml"
 MITOEM = REPO / "configs" / "mitoem-full.yaml"
-# AWS's published shapes: vCPUs, GPUs, GPU model
+GUIDE = REPO / "cluster" / "README.md"
+# AWS's published shapes: vCPUs, GPUs, GPU model, memory (GiB)
 INSTANCES = {
-    "p4d.24xlarge": (96, 8, "A100"),
-    "p5.48xlarge": (192, 8, "H100"),
-    "m6i.2xlarge": (8, 0, None),
+    "p4d.24xlarge": (96, 8, "A100", 1152),
+    "p5.48xlarge": (192, 8, "H100", 2048),
+    "m6i.2xlarge": (8, 0, None, 32),
 }
 CREDENTIAL_TEXT = re.compile(r"aws_access_key_id|aws_secret_access_key|aws_session_token|AKIA[0-9A-Z]{16}", re.I)
 
@@ -86,7 +88,7 @@ def test_node_types(config):
     for name, node in workers.items():
         kind = node["node_config"]["InstanceType"]
         assert kind in INSTANCES, f"{name}: unknown instance type {kind}"
-        cpus, n_gpus, model = INSTANCES[kind]
+        cpus, n_gpus, model, _ = INSTANCES[kind]
         assert node["resources"] == {"CPU": cpus, "GPU": n_gpus}, f"{name}: resources disagree with {kind}"
         assert node["min_workers"] == 0 and node["max_workers"] >= 1, f"{name}: must scale from 0"
         gpus.add(model)
@@ -113,10 +115,86 @@ def test_nodes_run_the_images(config):
     assert any("/shared" in c and "mount" in c for c in config["initialization_commands"])
 
 
-def test_job_fits_the_gpu_workers(config):
-    """Every stage of the documented MitoEM job fits a worker node type (the head takes no tasks)."""
-    spec = load_spec(MITOEM)
-    workers = [t["resources"] for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
-    for stage in ("pseudolabel", "nnunet", "embedding", "prediction", "postprocess"):
+def launcher_nodes(config: dict[str, Any]) -> list[Node]:
+    """Every node type as Ray sees it: its `resources`, and the instance type's memory."""
+    return [
+        Node(name, float(t["resources"].get("CPU", 0)), float(t["resources"].get("GPU", 0)),
+             INSTANCES[t["node_config"]["InstanceType"]][3] * GiB)
+        for name, t in config["available_node_types"].items()
+    ]
+
+
+def launcher_max_gpus(config: dict[str, Any]) -> float:
+    """The GPUs of the cluster at its largest: `max_workers` nodes (and no more than each type's own
+    maximum) of the types with the most GPUs first."""
+    left, total = config["max_workers"], 0.0
+    types = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+    for t in sorted(types, key=lambda t: -t["resources"].get("GPU", 0)):
+        n = min(left, t["max_workers"])
+        total, left = total + n * t["resources"].get("GPU", 0), left - n
+    return total
+
+
+def guide_submit() -> str:
+    """The guide's `ray job submit` of the whole job on this cluster (step 4a)."""
+    (cmd,) = [c for c in shell_commands(GUIDE.read_text()) if "ray job submit" in c and "/shared/mitoem-rat.yaml" in c]
+    return cmd
+
+
+def guide_spec(tmp_path: Path) -> Any:
+    """configs/mitoem-full.yaml with the `resources:` the guide gives for this cluster (step 2)."""
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.S)]
+    (resources,) = [b["resources"] for b in blocks if isinstance(b, dict) and set(b) == {"resources"}]
+    spec = yaml.safe_load(MITOEM.read_text())
+    spec["resources"] = resources
+    return spec_from_text(yaml.safe_dump(spec), tmp_path)
+
+
+def test_job_fits_the_gpu_workers(config, tmp_path):
+    """Every stage of the documented MitoEM job fits a worker node type (the head takes no tasks), and
+    the guide's `ray job submit` gives the driver, which trains nnU-Net, resources.nnunet's GPU, CPUs
+    and memory, so it starts on a GPU node that holds it beside a GPU stage's workers."""
+    spec = guide_spec(tmp_path)
+    nodes = launcher_nodes(config)
+    workers = [n for n in nodes if n.name != config["head_node_type"]]
+    for stage in STAGES:
         req = getattr(spec.resources, stage)
-        assert any(req.cpus <= r["CPU"] and req.gpus <= r["GPU"] for r in workers), f"{stage} {req} fits no worker"
+        mem = 0.0 if req.memory_gb is None else req.memory_gb * GiB
+        fits = [n for n in workers if req.cpus <= n.cpus and req.gpus <= n.gpus and mem <= n.memory_bytes]
+        assert fits, f"{stage} {req} fits no worker"
+    driver = submit_driver(guide_submit())
+    assert driver.gpus == 1 and driver_problems(driver, spec) == []
+    hosts = driver_hosts(nodes, driver)
+    assert hosts and config["head_node_type"] not in [n.name for n in hosts], "the driver must start on a GPU node"
+    for node in hosts:  # every one runs docker.worker_image (test_nodes_run_the_images)
+        assert node.gpus >= 1 and host_problems(node, driver, spec) == []
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        ("--entrypoint-num-gpus 1", "reserves 0 GPUs"),
+        ("--entrypoint-num-cpus 8", "reserves 0 CPUs"),
+        ("--entrypoint-memory 51539607552", None),  # without it Ray reserves no memory: allowed, not checked
+    ],
+)
+def test_driver_check_catches_a_submit_without_the_gpu(tmp_path, option, expected):
+    command = guide_submit()
+    assert option in command
+    problems = driver_problems(submit_driver(command.replace(option, "")), guide_spec(tmp_path))
+    assert (expected is None and problems == []) or any(expected in p for p in problems), problems
+
+
+def test_gpu_stages_name_their_worker_counts(config, tmp_path):
+    """The guide's worker counts for this cluster: each GPU stage names one, within the GPUs the
+    cluster grows to (4 nodes of 8) less the driver's."""
+    spec = guide_spec(tmp_path)
+    assert launcher_max_gpus(config) == 32
+    driver = submit_driver(guide_submit())
+    assert worker_count_problems(spec, launcher_max_gpus(config), driver) == []
+    assert worker_count_problems(spec, launcher_max_gpus(config) - 8, driver), "31 workers on 3 nodes must fail"
+    ours, theirs = spec.resources.model_dump(), load_spec(MITOEM).resources.model_dump()
+    for k in ours:
+        if isinstance(ours[k], dict):  # a stage's request: only its worker count may differ
+            ours[k].pop("workers"), theirs[k].pop("workers")
+    assert {k for k in ours if ours[k] != theirs[k]} <= {"node_wait_s"}, "the guide's resources are not the job's"
