@@ -8,7 +8,8 @@ Layout of the experiment folder::
                                  embeddings, the pretrained model's evaluation
     runs/<configuration>-<id>/   one job per configuration (strategy, budget, pretraining, seed)
     results/<configuration>.json its scores, written last, keyed by the configuration's signature
-    baselines/                   ceiling, pseudo-labels per seed, the pixel classifier per picks
+    baselines/                   ceiling, pseudo-labels and pretrained model per seed (a file each),
+                                 the pixel classifier per picks
     tables/                      CSV, Markdown and learning curves (:mod:`alseg.experiment.tables`)
 
 **Shared upstream work.** A configuration's run directory is *seeded* from its seed's shared
@@ -321,30 +322,43 @@ def _config_task(payload: tuple[ExperimentSpec, Config]) -> dict[str, Any]:
 
 
 def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], None]) -> dict[str, Any]:
-    """Per seed: the pretrained model alone and the pseudo-labels alone; once: the ceiling."""
+    """Per seed: the pretrained model alone and the pseudo-labels alone; once: the ceiling. Each is
+    cached in its own file under ``baselines/`` (keyed by what decides it), so adding a seed, or
+    restoring an earlier session's files, computes only what is new; ``baselines.json`` is the
+    assembled view."""
     from alseg.experiment.baselines import ceiling_scores, pseudolabel_scores
 
     root = _local(exp.dir)
-    path = os.path.join(root, "baselines", "baselines.json")
-    sig = digest({"base": base.job_digest(), "seeds": exp.seeds, "baselines": exp.baselines, "pretraining": exp.pretraining})
-    if os.path.isfile(path):
-        cached = st.read_json(path)
-        if cached.get("signature") == sig:
-            return cached
-    out: dict[str, Any] = {"signature": sig, "seeds": {}}
-    for seed in exp.seeds:
+
+    def cached(name: str, sig: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = os.path.join(root, "baselines", name)
+        if os.path.isfile(path) and (rec := st.read_json(path)).get("signature") == sig:
+            return rec["scores"]
+        scores = compute()
+        st.write_json(path, {"signature": sig, "scores": scores})
+        return scores
+
+    def seed_row(seed: int) -> dict[str, Any]:
         spec = shared_job(exp, base, seed, next(iter(shared_dirs(exp, base, seed))))
         row: dict[str, Any] = {}
         if "pseudolabels" in exp.baselines:
             row["pseudolabels"] = pseudolabel_scores(spec)["scores"]
         if "pretrained" in exp.baselines and any(exp.pretraining):
             row["pretrained"] = _scores_of(spec, "evaluate-00")
-        out["seeds"][str(seed)] = row
+        return row
+
+    out: dict[str, Any] = {"seeds": {}}
+    for seed in exp.seeds:
+        sig = digest({"base": base.job_digest(), "seed": seed, "baselines": sorted(exp.baselines),
+                      "pretraining": any(exp.pretraining)})
+        out["seeds"][str(seed)] = cached(f"seed-{seed}.json", sig, lambda seed=seed: seed_row(seed))
     if "ceiling" in exp.baselines:
+        sig = digest({"base": base.job_digest(), "ceiling": True})
         spec = shared_job(exp, base, exp.seeds[0], next(iter(shared_dirs(exp, base, exp.seeds[0]))))
-        out["ceiling"] = ceiling_scores(spec, os.path.join(root, "baselines", f"ceiling-{sig[:8]}"))["scores"]
+        out["ceiling"] = cached("ceiling.json", sig,
+                                lambda: ceiling_scores(spec, os.path.join(root, "baselines", f"ceiling-{sig[:8]}"))["scores"])
         say(f"ceiling (ground truth through the post-processing): F1@0.5 {out['ceiling']['at']['0.5']['f1']:.3f}")
-    st.write_json(path, out)
+    st.write_json(os.path.join(root, "baselines", "baselines.json"), out)
     return out
 
 

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,16 @@ def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tm
     out = run_experiment(more, base, say=said.append, progress=False)
     assert any("(10 done before)" in line for line in said) and len(out["results"]) == 14
     assert {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in shared} == shared
+
+    # a sweep carried on elsewhere with only its results and baselines (the run folders gone): nothing
+    # is recomputed and the tables are the same
+    table = (sweep / "tables" / "budgets.csv").read_text()
+    for folder in ("shared", "runs"):
+        shutil.rmtree(sweep / folder)
+    said.clear()
+    again = run_experiment(more, base, say=said.append, progress=False)
+    assert any("(14 done before)" in line for line in said) and again["baselines"] == out["baselines"]
+    assert (sweep / "tables" / "budgets.csv").read_text() == table
 
 
 @pytest.mark.slow
