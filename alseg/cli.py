@@ -338,9 +338,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     """A sweep over a base job spec: strategies x budgets x pretraining x seeds, baselines, tables."""
-    from alseg.experiment import configurations, load_experiment, run_experiment
+    from alseg.experiment import configurations, load_experiment, restrict, run_experiment
 
     exp, base = load_experiment(args.experiment)
+    exp = restrict(exp, seeds=args.seeds, strategies=args.strategies, folder=args.dir,
+                   budgets=None if args.budgets is None else [b if b.endswith("%") else int(b) for b in args.budgets],
+                   pretraining=None if args.pretraining is None else [p == "yes" for p in args.pretraining])
     if args.serial:
         exp = exp.model_copy(update={"parallel": "serial"})
     if args.dry_run:
@@ -499,6 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="path of the YAML experiment spec (base, dir, strategies, budgets, ...)")
     p.add_argument("--serial", action="store_true", help="run configurations one after another, whatever parallel says")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
+    piece = p.add_argument_group("a piece of the sweep", "run part of it (same configurations, folders and results as the "
+                                 "whole: pieces add up; a long sweep can run in pieces on different days or machines)")
+    piece.add_argument("--dir", default=None, help="experiment folder instead of the spec's dir (relative to here)")
+    piece.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S", help="these seeds only")
+    piece.add_argument("--budgets", nargs="+", default=None, metavar="B", help="these budgets only (counts, or '10%%')")
+    piece.add_argument("--strategies", nargs="+", default=None, metavar="NAME",
+                       help="these strategies only, by their table names (e.g. kcenter-mae random)")
+    piece.add_argument("--pretraining", nargs="+", choices=("yes", "no"), default=None,
+                       help="with pretraining (yes), from scratch (no), or both")
     p = add("status", cmd_status, "say which stages and rounds of a job are done, stale or pending",
             "For a run directory (its recorded spec) or a spec file (what would re-run under it): each stage, "
             "done / stale (with the fields or upstream stages that changed) / pending, its wall time, and the "

@@ -118,6 +118,36 @@ def strategy_name(s: StrategySpec) -> str:
     return f"{method}-{s.embedding_source}" if s.embedding_source else method
 
 
+def restrict(exp: ExperimentSpec, *, seeds: list[int] | None = None, budgets: list[Budget] | None = None,
+             strategies: list[str] | None = None, pretraining: list[bool] | None = None,
+             folder: str | None = None) -> ExperimentSpec:
+    """A piece of a sweep: ``exp`` with its seeds, budgets, pretraining or folder replaced and its
+    strategies narrowed to the ones named (each must exist). The piece's configurations are the
+    whole sweep's (same keys, folders and results), so pieces run apart add up to the sweep."""
+    data = exp.model_dump(mode="json")
+    if strategies is not None:
+        known = {strategy_name(s): s for s in exp.strategies}
+        unknown = [n for n in strategies if n not in known]
+        if unknown:
+            raise SpecError(f"strategies {unknown} are not in experiment {exp.name!r} (it has {', '.join(known)})")
+        data["strategies"] = [known[n].model_dump(mode="json") for n in dict.fromkeys(strategies)]
+    for key, value in (("seeds", seeds), ("budgets", budgets), ("pretraining", pretraining)):
+        if value is not None:
+            data[key] = list(value)
+    if data.get("scratch_budgets") is not None:
+        kept = [b for b in data["scratch_budgets"] if b in data["budgets"]]
+        data["scratch_budgets"] = kept if kept and False in data["pretraining"] else None
+        if not kept and False in data["pretraining"]:
+            raise SpecError(f"no scratch budget {exp.scratch_budgets} is among the budgets {data['budgets']}: the piece would "
+                            "run every budget from scratch; name one of them")
+    if folder is not None:
+        data["dir"] = str(Path(folder).expanduser().resolve())
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError("experiment piece: " + "; ".join(f"{a}: {b}" for a, b in problems_of(err))) from None
+
+
 def load_experiment(path: str | Path) -> tuple[ExperimentSpec, JobSpec]:
     """The experiment spec of a YAML file and its validated base job spec."""
     p = Path(path)

@@ -8,6 +8,7 @@ Layout of the experiment folder::
                                  embeddings, the pretrained model's evaluation
     runs/<configuration>-<id>/   one job per configuration (strategy, budget, pretraining, seed)
     results/<configuration>.json its scores, written last, keyed by the configuration's signature
+                                 (its job less the folder: results carry to another folder)
     baselines/                   ceiling, pseudo-labels and pretrained model per seed (a file each),
                                  the pixel classifier per picks
     tables/                      CSV, Markdown and learning curves (:mod:`alseg.experiment.tables`)
@@ -68,7 +69,9 @@ class Config:
 
     @property
     def signature(self) -> str:
-        return self.spec.job_digest()
+        """What its result stands for: the job's content less its folder (which the key and that
+        content name), so results carried to another folder or machine are still recognised."""
+        return digest(_content(self.spec))
 
 
 def _local(url: str) -> str:
@@ -78,11 +81,15 @@ def _local(url: str) -> str:
     return str(st.local_path(url))
 
 
-def content_id(spec: JobSpec) -> str:
-    """8 hex digits of the job's content less its run directory (names its folder)."""
+def _content(spec: JobSpec) -> dict[str, Any]:
     content = spec.job_content()
     content["run"] = {k: v for k, v in content["run"].items() if k != "dir"}
-    return digest(content)[:8]
+    return content
+
+
+def content_id(spec: JobSpec) -> str:
+    """8 hex digits of the job's content less its run directory (names its folder)."""
+    return digest(_content(spec))[:8]
 
 
 def _job(base: JobSpec, run_dir: str, seed: int, selection: dict[str, Any], *, source: str | None, pretrained: bool,

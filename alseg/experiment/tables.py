@@ -102,7 +102,10 @@ def _cell(r: dict[str, Any], name: str) -> str:
     if not np.isfinite(m):
         return "-"
     pct = r.get(name + "_pct_full", float("nan"))
-    return f"{m:.3f} +- {s:.3f}" + (f" ({pct:.0f} %)" if np.isfinite(pct) else "")
+    # one seed has no spread to show (a std of 0 would read as a measured one); a % just under 90
+    # must not round up to the mark
+    spread = f" +- {s:.3f}" if r.get("seeds", 0) > 1 and np.isfinite(s) else ""
+    return f"{m:.3f}{spread}" + (f" ({pct:.1f} %)" if np.isfinite(pct) else "")
 
 
 def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: dict[str, Any], *, pool: int,
@@ -130,7 +133,7 @@ def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: 
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     reach = first_reaching(rows)
     lines = [f"# {exp.name}: scores on the held-out region by annotation budget", "",
-             f"Mean +- sample std over seeds {', '.join(map(str, exp.seeds))}; in brackets: % of full annotation (of the same "
+             f"Mean +- sample std over seeds {', '.join(map(str, exp.seeds))} (a row of one seed: its value alone); in brackets: % of full annotation (of the same "
              "pretraining where it ran both ways, else with pretraining; the pixel classifier against full annotation "
              "with pretraining). "
              f"`*`: the first budget at which F1 at IoU 0.5 reaches {100 * TARGET:.0f} % of full annotation.", ""]

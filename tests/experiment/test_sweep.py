@@ -25,7 +25,7 @@ import yaml
 from scipy import ndimage
 
 from alseg.errors import SpecError
-from alseg.experiment import budget_patches, configurations, load_experiment, run_experiment
+from alseg.experiment import budget_patches, configurations, load_experiment, restrict, run_experiment
 from alseg.experiment.spec import ExperimentSpec
 from alseg.experiment.tables import METRICS, metric
 from alseg.io.omezarr import open_volume
@@ -171,15 +171,25 @@ def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tm
     assert any("(10 done before)" in line for line in said) and len(out["results"]) == 14
     assert {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in shared} == shared
 
-    # a sweep carried on elsewhere with only its results and baselines (the run folders gone): nothing
-    # is recomputed and the tables are the same
+    # a sweep carried to another folder (or machine) with only its results, baselines and owner file, run there
+    # as a piece (seeds and budgets named on the command line): nothing is recomputed and the
+    # tables are the same
     table = (sweep / "tables" / "budgets.csv").read_text()
-    for folder in ("shared", "runs"):
-        shutil.rmtree(sweep / folder)
+    moved = tmp_path / "elsewhere"
+    for folder in ("results", "baselines"):
+        shutil.copytree(sweep / folder, moved / folder)
+    shutil.copy(sweep / "alseg-experiment.json", moved)  # the folder's owner: the experiment's name
+    shutil.rmtree(sweep)
     said.clear()
-    again = run_experiment(more, base, say=said.append, progress=False)
+    piece = restrict(more, folder=str(moved), seeds=[0, 1], budgets=[1, 2, 3])
+    again = run_experiment(piece, base, say=said.append, progress=False)
     assert any("(14 done before)" in line for line in said) and again["baselines"] == out["baselines"]
-    assert (sweep / "tables" / "budgets.csv").read_text() == table
+    assert not (moved / "shared").exists() and not (moved / "runs").exists()
+    assert (moved / "tables" / "budgets.csv").read_text() == table
+    said.clear()
+    run_experiment(restrict(more, folder=str(moved), seeds=[1], budgets=[2], strategies=["random"]), base, say=said.append,
+                   progress=False)
+    assert any("2 configurations (2 done before)" in line for line in said), said[:2]
 
 
 @pytest.mark.slow
@@ -287,6 +297,6 @@ def test_tables_compare_scratch_rows_where_both_ran(tmp_path):
         assert float(r["f1@0.5"]) == pytest.approx(np.mean(v)) and float(r["f1@0.5_std"]) == pytest.approx(np.std(v, ddof=1), abs=1e-6)
         assert float(r["f1@0.5_pct_full"]) == pytest.approx(100 * np.mean(v) / full, abs=1e-4)
     t2 = Path(paths["strategies"]).read_text()
-    assert "at 2 patches" in t2 and "| random | 0.450 +- 0.071 (69 %) | 0.150 +- 0.071 (23 %) |" in t2
+    assert "at 2 patches" in t2 and "| random | 0.450 +- 0.071 (69.2 %) | 0.150 +- 0.071 (23.1 %) |" in t2
     # 90 % of full (0.585; 4 patches: 0.625) is first reached at 4 patches with pretraining, never without
     assert "| random * | yes | 4 |" in Path(paths["markdown"]).read_text()
