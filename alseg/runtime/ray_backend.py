@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections import deque
 from typing import Any
@@ -32,13 +31,19 @@ from alseg.runtime.base import ProgressCallback, Resources, Runner, WorkItem
 
 def _import_ray(*, local: bool = False):
     # A local cluster must listen on 127.0.0.1 only. ray.init() turns "127.0.0.1" into the node's
-    # reachable address unless this (import-time) switch is off, so set it before the first import.
-    if local and "ray" not in sys.modules:
+    # reachable address unless Ray's cluster switch is off. Ray reads it from the environment when
+    # ray_constants is first imported (and its children read the environment), so set both: the
+    # variable, and the constant where something in this process imported Ray first (a test, a
+    # library), which would otherwise leave the switch on and the cluster on every interface.
+    if local:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError as err:  # pragma: no cover - ray is a hard dependency
         raise DependencyError("the Ray backend needs ray: pip install 'ray[default]'") from err
+    if local:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 
