@@ -18,7 +18,7 @@ from alseg.nnunet.dataset import targets
 from alseg.nnunet.predict import load_predictor, predict_volume
 from alseg.spec import TrainingSpec
 from alseg.synth import SynthParams, write_synthetic
-from nnunet_reference import whole_volume_classes
+from nnunet_reference import assert_same_classes, whole_volume_logits
 
 TINY = {"patch_size_vox": [16, 64, 64], "batch_size": 2, "n_stages": 4, "features_per_stage": [8, 16, 32, 64]}
 BOXES = [Box((z, y, x), (z + 16, y + 64, x + 64)) for z in (0, 16) for y in (0, 64) for x in (0, 64)]
@@ -109,11 +109,21 @@ def test_export_plan_pretrain_finetune_predict(volume, monkeypatch):
     ours = open_volume(out).read()
     predictor = load_predictor(fine)
     data = norm(open_volume(url).read())
-    assert np.array_equal(ours, whole_volume_classes(predictor, data))
+    assert_same_classes(ours, whole_volume_logits(predictor, data))
     # nnU-Net's own predictor accumulates in float16: a few near-tie voxels differ
     own = predictor.predict_single_npy_array(data[None], {"spacing": [30.0, 8.0, 8.0]})
     assert (ours == own).mean() >= 0.99
     assert {k: os.environ.get(k) for k in before} == before, "no nnU-Net environment left behind"
+
+
+def test_the_tie_aware_comparison_allows_only_ties():
+    logits = np.array([[[[2.0, 1.0, 0.5]]], [[[2.0 + 1e-7, 3.0, 0.4]]]], np.float32)  # voxel 0 ties
+    assert_same_classes(np.array([[[0, 1, 0]]]), logits)
+    assert_same_classes(np.array([[[1, 1, 0]]]), logits)
+    with pytest.raises(AssertionError, match="away from any tie"):
+        assert_same_classes(np.array([[[0, 0, 0]]]), logits)
+    with pytest.raises(AssertionError, match="away from any tie"):
+        assert_same_classes(np.array([[[0, 1, 1]]]), logits)
 
 
 def test_missing_model_and_checkpoint_errors(tmp_path):
