@@ -245,17 +245,28 @@ def _nnunet(cspec: JobSpec, vshape: tuple[int, ...], quick: bool, clock: _Clock)
                             lambda: train(dirs, 1, "calib", schedule, configuration=n.configuration, device=n.device,
                                           echo=lines.append))
     epoch_s = [float(m.group(1)) for line in lines if (m := EPOCH_TIME.search(line))]
-    if len(epoch_s) < 2:
-        raise AlsegError(f"calibration: nnU-Net's log reported {len(epoch_s)} epoch time(s), expected {epochs}")
-    steady = sum(epoch_s[1:]) / len(epoch_s[1:])  # the first epoch warms up (data loaders, cuDNN, compilation)
+    s_per_iteration, startup = training_rate(t_train, epoch_s, iterations)
     rate = NnunetRate(
         device=resolve_device(n.device), patch_vox=[int(v) for v in conf["patch_size"]],
-        batch_size=int(n.pretrain.batch_size or conf["batch_size"]), s_per_iteration=steady / (iterations + 1 / 3),
-        train_startup_s=max(0.0, t_train - sum(epoch_s)), plan_fixed_s=max(0.0, t_plan - len(boxes) * t_case),
+        batch_size=int(n.pretrain.batch_size or conf["batch_size"]), s_per_iteration=s_per_iteration,
+        train_startup_s=startup, plan_fixed_s=max(0.0, t_plan - len(boxes) * t_case),
         transfer_fixed_s=max(0.0, t_transfer - t_case), preprocess_voxels_per_s=vox_case / max(t_case, 1e-6),
         export_voxels_per_s=case_vox / max(t_export, 1e-6),
         model_bytes=os.path.getsize(os.path.join(folder, "fold_all", "checkpoint_final.pth")))
     return rate, folder, norm
+
+
+def training_rate(wall_s: float, epoch_s: list[float], iterations: int) -> tuple[float, float]:
+    """``(seconds per training iteration, start-up seconds)`` of one training process that took
+    ``wall_s`` for epochs of ``iterations`` iterations and one validation iteration (counted as a
+    third of one), nnU-Net's log reporting ``epoch_s``. The steady epochs (all but the first) give
+    the rate; the start-up is the rest of the wall time, so it holds the process's start, the first
+    epoch's warm-up (data loaders, cuDNN's search, compilation) and the checkpoints: the plan, at
+    this schedule, gives back ``wall_s``."""
+    if len(epoch_s) < 2:
+        raise AlsegError(f"calibration: nnU-Net's log reported {len(epoch_s)} epoch time(s), expected at least 2")
+    steady = sum(epoch_s[1:]) / len(epoch_s[1:])
+    return steady / (iterations + 1 / 3), max(0.0, wall_s - len(epoch_s) * steady)
 
 
 def _training_labels(url: str, boxes: list[Box]) -> str:

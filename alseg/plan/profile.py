@@ -101,7 +101,8 @@ class NnunetRate(_Model):
     patch_vox: list[int] = Field(description="the plan's patch at calibration")
     batch_size: int = Field(gt=0)
     s_per_iteration: Positive = Field(description="one training iteration (steady epochs; validation counted as 1/3)")
-    train_startup_s: NonNeg = Field(description="a training process: start, data loaders, network, checkpoints")
+    train_startup_s: NonNeg = Field(description="a training process: start, data loaders, network, the first epoch's "
+                                  "warm-up beyond a steady epoch, checkpoints")
     plan_fixed_s: NonNeg = Field(description="fingerprint + planning + preprocessing, less the per-case work")
     transfer_fixed_s: NonNeg = Field(description="carrying plans to a fine-tuning dataset, less the per-case work")
     preprocess_voxels_per_s: Positive = Field(description="nnU-Net's preprocessing of one case (in process)")

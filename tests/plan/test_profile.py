@@ -87,3 +87,19 @@ def test_profile_measured_at_other_settings_warns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prediction.mirroring: profile measured at True, the spec has False" in out
     assert "NVIDIA H100 80GB HBM3" in out
+
+
+def test_training_rate_gives_back_the_calibration_run_first_epoch_warm_up_included():
+    """At the calibration's own schedule the plan's training time (start-up + epochs x (iterations +
+    1/3 validation) x rate, as alseg.plan.stages) is the measured wall time, however slow the first
+    epoch was: its warm-up is start-up, not lost."""
+    from alseg.errors import AlsegError
+    from alseg.plan.calibrate import training_rate
+
+    epochs, iterations = [9.0, 2.0, 2.2], 5
+    s_it, startup = training_rate(20.0, epochs, iterations)
+    assert s_it == pytest.approx(2.1 / (iterations + 1 / 3))
+    assert startup + len(epochs) * (iterations + 1 / 3) * s_it == pytest.approx(20.0)
+    assert startup == pytest.approx(20.0 - 3 * 2.1) and startup > 20.0 - sum(epochs)
+    with pytest.raises(AlsegError, match="1 epoch time"):
+        training_rate(5.0, [2.0], iterations)
