@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from workdir import claim
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "configs" / "mitoem-full.yaml"
@@ -78,14 +78,8 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.dir).resolve()
-    marker = work / ".alseg-mitoem-projection"
-    if work.exists() and any(work.iterdir()):
-        if not marker.exists():
-            sys.exit(f"{work} holds files this script did not write: give another --dir")
-        shutil.rmtree(work)  # an earlier run of this script
-    work.mkdir(parents=True)
-    marker.write_text("written by benchmarks/mitoem_projection.py\n")
-
+    claim(work, "mitoem-projection", ["calibration-spec.yaml", "profile.json", "calibrate.log", "plan-*.json", "run"],
+          [Path(args.profile)] if args.profile else [])
     if args.profile:
         profile = Path(args.profile).resolve()
     else:
@@ -97,7 +91,7 @@ def main() -> None:
               log=work / "calibrate.log")
         print(f"calibrated in {time.perf_counter() - t0:.0f} s -> {profile}")
         log = (work / "calibrate.log").read_text()
-        print(log[log.find("profile of"):])
+        print(log[log.find("profile of"):] if "profile of" in log else log[-2000:])
     common = ["--nodes", str(args.nodes), "--gpus-per-node", str(args.gpus_per_node), "--shape", *SHAPE,
               "--voxel-size", *VOXEL]
     for name, extra in (("profile", ["--profile", str(profile)]), ("builtin", [])):

@@ -28,13 +28,13 @@ import json
 import os
 import platform
 import statistics
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from workdir import claim
 
 SPEC = """\
 name: plan-accuracy
@@ -87,14 +87,15 @@ def main() -> None:
     from alseg.spec import load_spec
     from alseg.synth import SynthParams, write_synthetic
 
+    if args.repeats < 1:
+        sys.exit("--repeats must be at least 1")
     work = Path(args.dir).resolve()
-    marker = work / ".alseg-plan-accuracy"
-    if work.exists() and any(work.iterdir()):
-        if not marker.exists():
-            sys.exit(f"{work} holds files this script did not write: give another --dir")
-        shutil.rmtree(work)  # an earlier run of this script
-    work.mkdir(parents=True, exist_ok=True)
-    marker.write_text("written by benchmarks/plan_accuracy.py\n")
+    if args.spec:  # its own run directory is run 1: checked before anything in --dir is removed
+        own_run = load_spec(args.spec).run.dir
+        if os.path.exists(own_run) and os.listdir(own_run):
+            sys.exit(f"the spec's run directory {own_run} is not empty: a rerun reuses stages, which then take no time")
+    claim(work, "plan-accuracy", ["volume.zarr", "job*.yaml", "run-*", "*.log", "plan.json", "profile.json",
+                                  "plan-accuracy.json"], [Path(args.spec)] if args.spec else [])
     if args.spec:
         spec_path = Path(args.spec).resolve()
     else:
@@ -111,6 +112,8 @@ def main() -> None:
         specs.append(work / f"job-{k}.yaml")
         specs[-1].write_text(yaml.safe_dump(data, sort_keys=False))
     run_dirs = [load_spec(p).run.dir for p in specs]
+    if len(set(run_dirs)) < len(run_dirs):
+        sys.exit(f"the runs would share a run directory ({run_dirs}): give the spec a run.dir outside {work}")
     for d in run_dirs:
         if os.path.exists(d) and os.listdir(d):
             sys.exit(f"the run directory {d} is not empty: a rerun reuses stages, which then take no time")

@@ -15,6 +15,7 @@ from typing import Any
 
 from alseg.errors import AlsegError, SpecError
 from alseg.io import store as st
+from alseg.io.omezarr import open_volume
 from alseg.plan.job import Cluster, default_cpus_per_node
 from alseg.plan.model import project, render
 from alseg.plan.profile import Profile, default_path, default_profile, load_profile, save_profile
@@ -33,8 +34,6 @@ def volume_facts(spec: JobSpec, shape: list[int] | None, voxel_size_nm: list[flo
         said.insert(1, f"{dtype_bytes} byte(s) per voxel from --dtype-bytes" if dtype_bytes else
                     "1 byte per voxel assumed (--dtype-bytes)")
         return tuple(shape), dtype_bytes or 1, voxel, said  # type: ignore[return-value]
-    from alseg.io.omezarr import open_volume
-
     try:
         vol = open_volume(spec.input.url, level=spec.input.level)
     except AlsegError as err:

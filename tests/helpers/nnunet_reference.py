@@ -36,17 +36,17 @@ def whole_volume_classes(predictor, data: np.ndarray) -> np.ndarray:
     return whole_volume_logits(predictor, data).argmax(0).astype(np.uint8)
 
 
-def assert_same_classes(classes: np.ndarray, logits: np.ndarray, rtol: float = 1e-5) -> None:
-    """``classes`` is the argmax of ``logits`` wherever the two best classes are further apart than
-    float32 summation order can move them (``rtol`` of the logits' magnitude); at the rest either of
-    the two tied classes is right. Prints how many voxels were ties."""
-    top = np.sort(logits, axis=0)
-    margin = top[-1] - top[-2]
-    tie = margin <= rtol * np.maximum(np.abs(top[-1]), 1.0)
-    ref = logits.argmax(0)
-    wrong = (classes != ref) & ~tie
+def assert_same_classes(classes: np.ndarray, logits: np.ndarray, rtol: float = 1e-5, max_ties: float = 1e-3) -> None:
+    """``classes`` is the argmax of ``logits`` wherever the best class leads every other by more
+    than float32 summation order can move them (``rtol`` of the logits' magnitude); at the rest any
+    class within that distance of the best is right. Ties must stay rare (at most ``max_ties`` of
+    the voxels), or the comparison would test little. Prints how many voxels were ties."""
+    assert classes.shape == logits.shape[1:], f"class map {classes.shape} against logits {logits.shape}"
+    best = logits.max(0)
+    tol = rtol * np.maximum(np.abs(best), 1.0)
+    picked = np.take_along_axis(logits, classes[None].astype(np.intp), 0)[0]
+    wrong = picked < best - tol
     assert not wrong.any(), f"{int(wrong.sum())} voxels differ from the reference away from any tie, e.g. {np.argwhere(wrong)[:3].tolist()}"
-    at_tie = classes[tie]
-    picked = np.take_along_axis(logits[:, tie], at_tie[None].astype(np.intp), 0)[0]
-    assert np.all(picked >= top[-2][tie]), "at a tie the class is one of the two tied ones"
-    print(f"{int(tie.sum())} near-tie voxels, {int((classes != ref).sum())} of them resolved the other way")
+    tie = (logits >= (best - tol)[None]).sum(0) > 1
+    assert tie.mean() <= max_ties, f"{tie.mean():.2%} of the voxels are ties: the comparison would test little"
+    print(f"{int(tie.sum())} near-tie voxels, {int((classes != logits.argmax(0)).sum())} of them resolved the other way")

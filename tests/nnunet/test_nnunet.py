@@ -117,13 +117,19 @@ def test_export_plan_pretrain_finetune_predict(volume, monkeypatch):
 
 
 def test_the_tie_aware_comparison_allows_only_ties():
-    logits = np.array([[[[2.0, 1.0, 0.5]]], [[[2.0 + 1e-7, 3.0, 0.4]]]], np.float32)  # voxel 0 ties
-    assert_same_classes(np.array([[[0, 1, 0]]]), logits)
-    assert_same_classes(np.array([[[1, 1, 0]]]), logits)
-    with pytest.raises(AssertionError, match="away from any tie"):
-        assert_same_classes(np.array([[[0, 0, 0]]]), logits)
-    with pytest.raises(AssertionError, match="away from any tie"):
-        assert_same_classes(np.array([[[0, 1, 1]]]), logits)
+    # 3 classes at 3 voxels: voxel 0 ties classes 0 and 1 (class 2 far below), voxel 1 ties all
+    # three, voxel 2 has one clear best (class 2)
+    logits = np.array([[2.0, 5.0, 0.1], [2.0 + 1e-7, 5.0 - 1e-7, 0.2], [-3.0, 5.0, 0.9]], np.float32)[:, None, None, :]
+    ok = dict(max_ties=1.0)
+    assert_same_classes(np.array([[[0, 0, 2]]]), logits, **ok)
+    assert_same_classes(np.array([[[1, 2, 2]]]), logits, **ok)
+    for bad in ([[[2, 0, 2]]], [[[0, 0, 1]]], [[[0, 0, 0]]]):  # class 2 at a 0/1 tie; not the clear best
+        with pytest.raises(AssertionError, match="away from any tie"):
+            assert_same_classes(np.array(bad), logits, **ok)
+    with pytest.raises(AssertionError, match="ties"):
+        assert_same_classes(np.array([[[0, 0, 2]]]), logits)  # 2 of 3 voxels tie: too many to mean anything
+    with pytest.raises(AssertionError, match="against logits"):
+        assert_same_classes(np.zeros((1, 1, 2), np.uint8), logits, **ok)
 
 
 def test_missing_model_and_checkpoint_errors(tmp_path):
