@@ -137,12 +137,30 @@ class RayRunner(Runner):
                         f"can hold{waited} ({have}); lower the request or add a node that fits")
 
     def capacity(self, resources: Resources | None = None) -> int:
+        """How many workers of ``resources`` the cluster can start now: its *available* resources,
+        so what is already held is not counted. alseg asks when a stage starts, with nothing of
+        its own running, so that is what the job's driver holds (a Ray job's entrypoint GPU and
+        CPUs, cluster/kuberay/rayjob.yaml) and other jobs: counting them would start a worker that
+        can never be placed, and the item given to it (or the MAE's data-parallel group) would
+        wait for ever."""
         res = resources or Resources()
-        cluster = self._ray.cluster_resources()
-        fits = [cluster.get("CPU", 1.0) / res.cpus] if res.cpus > 0 else []
+        free = self._settled_free()
+        fits = [free.get("CPU", 0.0) / res.cpus] if res.cpus > 0 else []
         if res.gpus > 0:
-            fits.append(cluster.get("GPU", 0.0) / res.gpus)
-        return max(1, int(min(fits))) if fits else max(1, int(cluster.get("CPU", 1.0)))
+            fits.append(free.get("GPU", 0.0) / res.gpus)
+        return max(1, int(min(fits))) if fits else max(1, int(free.get("CPU", 1.0)))
+
+    def _settled_free(self, settle_s: float = 1.0) -> dict[str, float]:
+        """Ray's available resources; while some are held, the most seen over ``settle_s`` (the
+        workers of a stage that just ended give theirs back a moment after they are killed)."""
+        free = dict(self._ray.available_resources())
+        total = self._ray.cluster_resources()
+        deadline = time.monotonic() + settle_s
+        while any(free.get(k, 0.0) < total.get(k, 0.0) for k in ("CPU", "GPU")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for k, v in self._ray.available_resources().items():
+                free[k] = max(free.get(k, 0.0), v)
+        return free
 
     def close(self) -> None:
         if self._started and self._ray.is_initialized():

@@ -133,6 +133,33 @@ def test_ray_per_item_resources_and_shared_objects(ray_cluster):
 
 
 @pytest.mark.ray
+def test_ray_capacity_leaves_out_what_is_held(ray_cluster):
+    """What another holder keeps (here an actor with 1 of the 2 CPUs, as a Ray job's driver keeps
+    its entrypoint GPU) is not counted: a worker started for it could never be placed."""
+    import time
+
+    import ray
+
+    one = Resources(cpus=1)
+    assert ray_cluster.capacity(one) == 2
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    assert ray_cluster.capacity(one) == 1
+    assert ray_cluster.capacity(Resources(cpus=2)) == 1, "at least one worker, which waits"
+    ray.kill(holder)
+    deadline = time.monotonic() + 30
+    while ray_cluster.capacity(one) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_cluster.capacity(one) == 2
+
+
+@pytest.mark.ray
 def test_ray_listens_on_loopback_only(ray_cluster):
     import psutil
 
