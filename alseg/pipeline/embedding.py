@@ -117,11 +117,12 @@ def _train_mae(spec: JobSpec, e: EmbeddingSpec, image: Any, patches: list[Any], 
         from alseg.embed.distributed import train_distributed
         from alseg.embed.train import load_bytes
 
-        if runner.capacity(res) < world:
+        fit = runner.capacity(res)
+        if fit < world:
             from alseg.errors import SpecError
 
             raise SpecError(f"data-parallel MAE training with {world} ranks, but the cluster fits only "
-                            f"{runner.capacity(res)} workers of resources.embedding at once")
+                            f"{fit} workers of resources.embedding at once")
         result = train_distributed(e, slices, world=world, runner=runner, checkpoint_url=checkpoint, signature=sig_sha,
                                    seed=spec.run.seed, device=device, rendezvous_dir=st.join(spec.run.dir, "work", "mae"),
                                    resources=res, local=getattr(runner, "address", None) is None)
