@@ -140,6 +140,8 @@ class _Linking(_Model):
         "iou", description="linking score: IoU, or the overlap coefficient |a & b| / min(|a|, |b|) (links a small "
         "cross-section to a larger one it lies in)")
     min_size_vox: int = Field(1000, ge=0, description="3D instances smaller than this are dropped")
+    link_gap: int = Field(0, ge=0, le=1, description="1: bridge one section where an object is missed (a piece "
+                          "without a link to the next section is linked to one two sections on without a link back)")
 
 
     @model_validator(mode="after")
@@ -589,7 +591,7 @@ class JobSpec(_Model):
         """What makes this job this job: the spec without where and how it runs (``resources``) and
         without ``run.overwrite`` (a permission, not content)."""
         data = self.model_dump(mode="json", exclude={"resources": True, "run": {"overwrite"}})
-        return data
+        return without_neutral_additions(data)
 
     def job_digest(self) -> str:
         """The hash a run directory records of the job that owns it (:meth:`job_content`)."""
@@ -602,6 +604,30 @@ def ground_truth_url(spec: JobSpec) -> str | None:
     if gt is None:
         return None
     return gt if ("/" in gt or ":" in gt) else st.join(spec.input.url, "labels", gt)
+
+
+# Fields added after jobs were run, with the value that does what the code did before them: left out
+# of a job's content (and of a pseudo-label signature) at that value, so that adding one does not make
+# every stored run, sweep result and pseudo-label volume stale. Any other value is content.
+NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}}
+
+
+def without_neutral_additions(content: dict[str, Any], section: str | None = None) -> dict[str, Any]:
+    """``content`` (a job's, or with ``section`` that section's own dump) less the added fields at
+    their neutral value (:data:`NEUTRAL_ADDITIONS`)."""
+    out = dict(content)
+    for name, fields in NEUTRAL_ADDITIONS.items():
+        if section is not None and name != section:
+            continue
+        part = out if section is not None else out.get(name)
+        if not isinstance(part, dict):
+            continue
+        part = {k: v for k, v in part.items() if not (k in fields and v == fields[k])}
+        if section is not None:
+            out = part
+        else:
+            out[name] = part
+    return out
 
 
 def _sha16(obj: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from alseg import __version__
 from alseg.io import store as st
-from alseg.spec import JobSpec
+from alseg.spec import JobSpec, without_neutral_additions
 
 FORMAT = 1
 
@@ -35,7 +35,7 @@ def leaves(data: Any, prefix: str) -> dict[str, Any]:
 
 def field_values(spec: JobSpec, fields: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The leaves of ``fields`` (sections or single fields) in the spec, less ``exclude``."""
-    dump = spec.model_dump(mode="json")
+    dump = without_neutral_additions(spec.model_dump(mode="json"))  # an added field at its neutral value changes no record
     out: dict[str, Any] = {}
     for field in fields:
         node: Any = dump

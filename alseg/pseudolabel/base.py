@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from alseg.errors import AlsegError
+from alseg.spec import without_neutral_additions
 
 
 class PseudoLabelError(AlsegError):
@@ -99,7 +100,7 @@ def signature(spec: Any) -> dict[str, Any]:
     """What decides a pseudo-label volume: method, parameters, model weights' hash, alseg version."""
     from alseg import __version__
 
-    params = spec.model_dump(mode="json")
+    params = without_neutral_additions(spec.model_dump(mode="json"), "pseudolabel")
     weights = params.get("weights_path") or params.get("checkpoint")
     sig = {"method": spec.method, "params": params, "model_sha256": file_digest(weights), "alseg": __version__}
     if spec.method == "microsam":  # its post-processing is its own code: a new release may label differently

@@ -6,7 +6,9 @@ summed IoU, :func:`scipy.optimize.linear_sum_assignment`) pairs them with IoU of
 overlap and starts a new one for the other part; a merge ends the smaller branch; objects that
 appear or vanish start or end. :func:`link_stack` is the in-memory version; the blockwise
 pipeline (:mod:`alseg.pseudolabel.volume`) uses the same :func:`match_planes` inside blocks and
-across block faces.
+across block faces. With gap closing (``link_gap: 1``), a piece left without a link to the next
+section is matched, by the same rule, to a piece two sections on left without a link back: a
+section where the labeller missed the object no longer cuts it in two.
 """
 
 from __future__ import annotations
@@ -14,44 +16,79 @@ from __future__ import annotations
 import numpy as np
 
 
-def match_planes(a: np.ndarray, b: np.ndarray, min_iou: float, *, measure: str = "iou") -> list[tuple[int, int]]:
-    """Optimally matched ``(id in a, id in b)`` pairs of two label arrays of one shape scoring at least
-    ``min_iou``: by IoU, or with ``measure="overlap"`` by the overlap coefficient
-    ``|a & b| / min(|a|, |b|)`` (cross-sections of one object on the two sides of a tile border
-    differ where its outline curves; a narrow row inside a wide one still belongs to it)."""
-    from scipy.optimize import linear_sum_assignment
-
+def plane_scores(a: np.ndarray, b: np.ndarray, *, measure: str = "iou") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every overlapping ``(id in a, id in b)`` pair of two label arrays of one shape with its score:
+    IoU, or with ``measure="overlap"`` the overlap coefficient ``|a & b| / min(|a|, |b|)``."""
     if a.shape != b.shape:
         raise ValueError(f"planes of shapes {a.shape} and {b.shape} cannot be matched")
     fa, fb = a.ravel(), b.ravel()
     both = (fa > 0) & (fb > 0)
     if not both.any():
-        return []
+        empty = np.zeros(0, np.uint64)
+        return empty, empty, np.zeros(0)
     pairs, inter = np.unique(np.stack([fa[both], fb[both]]).astype(np.uint64), axis=1, return_counts=True)
     ids_a, size_a = np.unique(fa[fa > 0], return_counts=True)
     ids_b, size_b = np.unique(fb[fb > 0], return_counts=True)
     sa = size_a[np.searchsorted(ids_a, pairs[0])]
     sb = size_b[np.searchsorted(ids_b, pairs[1])]
     if measure == "iou":
-        iou = inter / (sa + sb - inter)
+        score = inter / (sa + sb - inter)
     elif measure == "overlap":
-        iou = inter / np.minimum(sa, sb)
+        score = inter / np.minimum(sa, sb)
     else:
         raise ValueError(f"unknown overlap measure {measure!r}")
-    keep = iou >= min_iou
+    return pairs[0], pairs[1], score
+
+
+def assign(ids_a: np.ndarray, ids_b: np.ndarray, score: np.ndarray, min_score: float) -> list[tuple[int, int]]:
+    """The one-to-one pairing of maximum summed score among candidate pairs scoring at least
+    ``min_score`` (:func:`scipy.optimize.linear_sum_assignment`)."""
+    from scipy.optimize import linear_sum_assignment
+
+    ids_a, ids_b, score = np.asarray(ids_a, np.uint64), np.asarray(ids_b, np.uint64), np.asarray(score, float)
+    keep = score >= min_score
     if not keep.any():
         return []
-    pa, pb, iou = pairs[0][keep], pairs[1][keep], iou[keep]
+    pa, pb, score = ids_a[keep], ids_b[keep], score[keep]
     ua, ia = np.unique(pa, return_inverse=True)
     ub, ib = np.unique(pb, return_inverse=True)
     weight = np.zeros((len(ua), len(ub)))
-    weight[ia, ib] = iou
+    weight[ia, ib] = score
     rows, cols = linear_sum_assignment(weight, maximize=True)
-    return [(int(ua[r]), int(ub[c])) for r, c in zip(rows, cols) if weight[r, c] >= min_iou]
+    return [(int(ua[r]), int(ub[c])) for r, c in zip(rows, cols) if weight[r, c] >= min_score]
 
 
-def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0, *, measure: str = "iou") -> np.ndarray:
-    """3D instances (uint32, consecutive ids in order of first appearance) from per-slice 2D instances."""
+def match_planes(a: np.ndarray, b: np.ndarray, min_iou: float, *, measure: str = "iou") -> list[tuple[int, int]]:
+    """Optimally matched ``(id in a, id in b)`` pairs of two label arrays of one shape scoring at least
+    ``min_iou``: by IoU, or with ``measure="overlap"`` by the overlap coefficient
+    ``|a & b| / min(|a|, |b|)`` (cross-sections of one object on the two sides of a tile border
+    differ where its outline curves; a narrow row inside a wide one still belongs to it)."""
+    return assign(*plane_scores(a, b, measure=measure), min_iou)
+
+
+def gap_links(candidates: list[tuple[int, int, int, float]], links: list[tuple[int, int]], min_iou: float) -> list[tuple[int, int]]:
+    """Gap closing over one section: of the candidate pairs ``(z, id in section z, id in section
+    z + 2, score)``, those whose first piece has no link to the next section and whose second has
+    none from the previous one (``links``: the consecutive-section links), optimally matched per
+    section pair as :func:`match_planes` matches neighbours."""
+    forward = {int(a) for a, _ in links}
+    backward = {int(b) for _, b in links}
+    by_z: dict[int, list[tuple[int, int, float]]] = {}
+    for z, a, b, score in candidates:
+        if int(a) not in forward and int(b) not in backward:
+            by_z.setdefault(int(z), []).append((int(a), int(b), float(score)))
+    out: list[tuple[int, int]] = []
+    for z in sorted(by_z):
+        a, b, score = zip(*by_z[z])
+        out += assign(np.array(a, np.uint64), np.array(b, np.uint64), np.array(score), min_iou)
+    return out
+
+
+def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0, *, measure: str = "iou", gap: int = 0) -> np.ndarray:
+    """3D instances (uint32, consecutive ids in order of first appearance) from per-slice 2D instances;
+    ``gap=1`` also bridges one section where an object is missed (:func:`gap_links`)."""
+    if gap not in (0, 1):
+        raise ValueError(f"gap closing bridges at most one section, got gap={gap}")
     from alseg.postprocess.stitch import UnionFind
 
     masks = np.asarray(masks)
@@ -63,9 +100,13 @@ def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0, *, meas
         unique[z] = np.where(m > 0, m.astype(np.int64) + offset, 0)
         offset += int(m.max()) if m.size else 0
     uf = UnionFind()
-    for z in range(len(masks) - 1):
-        for a, b in match_planes(unique[z], unique[z + 1], min_iou, measure=measure):
-            uf.union(a, b)
+    links = [pair for z in range(len(masks) - 1) for pair in match_planes(unique[z], unique[z + 1], min_iou, measure=measure)]
+    if gap:
+        candidates = [(z, int(a), int(b), float(score)) for z in range(len(masks) - 2)
+                      for a, b, score in zip(*plane_scores(unique[z], unique[z + 2], measure=measure))]
+        links += gap_links(candidates, links, min_iou)
+    for a, b in links:
+        uf.union(a, b)
     ids = np.unique(unique[unique > 0])
     roots = np.array([uf.find(int(i)) for i in ids], dtype=np.int64)
     # consecutive ids by each object's first (smallest) member

@@ -12,6 +12,10 @@ resumable through the blockwise engine:
    the same IoU matching; across y and x faces, pieces of one 2D instance cut by the tile border
    are joined when their cross-sections on the border agree (overlap coefficient >=
    ``BORDER_OVERLAP``; a y/x halo wider than the largest organelle lets both tiles see all of it);
+   With ``link_gap: 1``, a **gaps** pass then lists the overlaps of pieces two sections apart, and
+   a piece left without a link to the next section is linked to one two sections on left without
+   a link back (:func:`~alseg.pseudolabel.link.gap_links`; pieces are tile pieces, as for the
+   links between neighbouring sections);
 3. **relabel**: union-find over all links, 3D objects below ``min_size_vox`` dropped, consecutive
    ids written, pyramid built (mode).
 
@@ -37,7 +41,7 @@ from alseg.geometry import Block, BlockGrid
 from alseg.io import store as st
 from alseg.postprocess.stitch import Layout, finish, write_local
 from alseg.pseudolabel.base import PseudoLabelError, check_masks, make_labeller, signature
-from alseg.pseudolabel.link import match_planes
+from alseg.pseudolabel.link import gap_links, match_planes, plane_scores
 from alseg.runtime import Resources, Runner, SerialRunner
 
 BORDER_OVERLAP = 0.5
@@ -115,6 +119,7 @@ class _FaceJob:
 def _face_links(job: _FaceJob) -> dict[str, Any]:
     lay, box = job.layout, job.block.write
     pairs: list[tuple[int, int]] = []
+    z_pairs: list[tuple[int, int]] = []
     for axis in range(3):
         if box.stop[axis] >= lay.shape[axis]:
             continue
@@ -124,10 +129,44 @@ def _face_links(job: _FaceJob) -> dict[str, Any]:
         slab = np.asarray(lay.open_planes(axis, "r")[tuple(sel)])
         lower, upper = np.take(slab, 0, axis=axis), np.take(slab, 1, axis=axis)
         if axis == 0:
-            pairs += match_planes(lower, upper, job.link_iou, measure=job.link_measure)
+            z_pairs = match_planes(lower, upper, job.link_iou, measure=job.link_measure)
+            pairs += z_pairs
         else:
             pairs += match_planes(lower, upper, BORDER_OVERLAP, measure="overlap")
-    return {"pairs": sorted(pairs)}
+    return {"pairs": sorted(pairs), "z": sorted(z_pairs)}
+
+
+@dataclass(frozen=True)
+class _GapJob:
+    layout: Layout
+    block: Block
+    offsets: tuple[tuple[int, int], ...]  # (z row of this tile's blocks, its id offset) for the planes read
+    link_measure: str
+
+
+def _gap_candidates(job: _GapJob) -> dict[str, Any]:
+    """Every overlapping pair of pieces two sections apart whose middle section lies in this block:
+    ``(z, id in z, id in z + 2, score)``, global ids (the pieces may lie in the blocks above and below)."""
+    lay, box = job.layout, job.block.write
+    offsets = dict(job.offsets)
+    local = lay.open_local("r")
+    out: list[tuple[int, int, int, float]] = []
+    for z in range(max(box.start[0], 1), min(box.stop[0], lay.shape[0] - 1)):
+        planes = []
+        for zz in (z - 1, z + 1):
+            plane = np.asarray(local[(zz, *box.slices[1:])]).astype(np.uint64)
+            plane[plane > 0] += np.uint64(offsets[zz // lay.block_shape[0]])
+            planes.append(plane)
+        a, b, score = plane_scores(planes[0], planes[1], measure=job.link_measure)
+        out += [(z - 1, int(i), int(j), float(v)) for i, j, v in zip(a, b, score)]
+    return {"candidates": out}
+
+
+def _row_offsets(grid: BlockGrid, linear: dict[str, int], block: Block, stride: int) -> tuple[tuple[int, int], ...]:
+    """Id offsets of the blocks of ``block``'s tile from the z row above it to the one below."""
+    rz, ry, rx = block.index
+    rows = range(max(rz - 1, 0), min(rz + 2, grid.grid_shape[0]))
+    return tuple((r, linear[grid.block((r, ry, rx)).key] * stride) for r in rows)
 
 
 def _pixel_size(image) -> float:
@@ -201,6 +240,14 @@ def pseudolabel_volume(
         runner=runner, work_dir=work, name="faces", desc="link across blocks",
     )
     links = {**{f"in-{k}": {"pairs": r["pairs"]} for k, r in segmented.items()}, **faces}
+    if spec.link_gap:
+        gaps = run_blocks(
+            _gap_candidates, grid, payload=lambda b: _GapJob(lay, b, _row_offsets(grid, linear, b, stride), spec.link_measure),
+            runner=runner, work_dir=work, name="gaps", desc="gap closing",
+        )
+        z_links = [tuple(p) for r in segmented.values() for p in r["pairs"]] + [tuple(p) for r in faces.values() for p in r["z"]]
+        candidates = [tuple(c) for r in gaps.values() for c in r["candidates"]]
+        links["gap-closing"] = {"pairs": gap_links(candidates, z_links, spec.link_iou)}
     seconds["link"] = time.perf_counter() - clock
     clock = time.perf_counter()
     count = finish(lay, grid, segmented, links, output_url, min_size_vox=spec.min_size_vox, runner=runner, work_dir=work, pyramid=True)

@@ -31,6 +31,7 @@ from alseg.experiment.tables import METRICS, metric
 from alseg.io.omezarr import open_volume
 from alseg.pipeline.records import read_record
 
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "final_validation": False}
 
 
@@ -300,3 +301,31 @@ def test_tables_compare_scratch_rows_where_both_ran(tmp_path):
     assert "at 2 patches" in t2 and "| random | 0.450 +- 0.071 (69.2 %) | 0.150 +- 0.071 (23.1 %) |" in t2
     # 90 % of full (0.585; 4 patches: 0.625) is first reached at 4 patches with pretraining, never without
     assert "| random * | yes | 4 |" in Path(paths["markdown"]).read_text()
+
+
+@pytest.mark.slow
+def test_stored_vnc_sweep_results_survive_added_spec_fields(vnc_dir, tmp_path, monkeypatch):
+    """A field added to the spec since the VNC sweep's results were stored (``pseudolabel.link_gap``)
+    leaves them valid at its neutral value: the configurations' signatures equal those the older code
+    wrote into benchmarks/experiments/vnc-sweep/results (else a resumed sweep would redo them all);
+    any other value is content."""
+    from alseg.ingest import ingest_vnc
+
+    ingest_vnc(vnc_dir, tmp_path / "vnc.zarr")
+    monkeypatch.chdir(tmp_path)  # the spec names its input relative to where it is run, as RESULTS.md runs it
+    exp, base = load_experiment(REPO / "configs" / "experiments" / "vnc.yaml")
+    stored = {p.stem: json.loads(p.read_text())["signature"]
+              for p in (REPO / "benchmarks" / "experiments" / "vnc-sweep" / "results").glob("*.json")}
+    configs = {c.key: c for c in configurations(exp, base)}
+    assert len(stored) >= 6 and set(stored) <= set(configs)
+    assert {k: configs[k].signature for k in stored} == stored
+    gap = base.model_copy(update={"pseudolabel": base.pseudolabel.model_copy(update={"link_gap": 1})})
+    assert base.pseudolabel.link_gap == 0 and gap.job_digest() != base.job_digest()
+    assert "link_gap" not in base.job_content()["pseudolabel"] and gap.job_content()["pseudolabel"]["link_gap"] == 1
+    # so are the run directory's stage records and the pseudo-label volume's signature
+    from alseg.pipeline.records import field_values
+    from alseg.pseudolabel import signature
+
+    assert "pseudolabel.link_gap" not in field_values(base, ("pseudolabel",))
+    assert field_values(gap, ("pseudolabel",))["pseudolabel.link_gap"] == 1
+    assert "link_gap" not in signature(base.pseudolabel)["params"] and signature(gap.pseudolabel)["params"]["link_gap"] == 1

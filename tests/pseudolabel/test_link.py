@@ -109,3 +109,34 @@ def test_overlap_measure_links_a_narrow_section_inside_a_wide_one():
     assert link_stack(np.concatenate([wide, narrow])[:, None, :], 0.5, measure="overlap").max() == 1
     with pytest.raises(ValueError, match="unknown overlap measure"):
         match_planes(wide, narrow, 0.5, measure="dice")
+
+
+def test_gap_closing_bridges_one_missed_section_only():
+    a = disk(S, 20, 20, 8).astype(np.uint32)
+    empty = np.zeros(S, np.uint32)
+    one_gap = stack(a, a, empty, a, a)
+    assert link_stack(one_gap, min_iou=0.3).max() == 2, "without gap closing the miss cuts the object"
+    out = link_stack(one_gap, min_iou=0.3, gap=1)
+    assert out.max() == 1 and np.array_equal(out > 0, one_gap > 0)
+    assert link_stack(stack(a, empty, empty, a), min_iou=0.3, gap=1).max() == 2, "two missed sections are not bridged"
+    with pytest.raises(ValueError, match="at most one section"):
+        link_stack(one_gap, min_iou=0.3, gap=2)
+
+
+def test_gap_closing_joins_only_pieces_without_links():
+    big = disk(S, 20, 20, 8).astype(np.uint32)
+    small = disk(S, 20, 15, 4).astype(np.uint32)   # linked to big, barely touching shifted
+    shifted = disk(S, 20, 24, 8).astype(np.uint32)
+    assert match_planes(big, small, 0.2) and not match_planes(small, shifted, 0.2) and match_planes(big, shifted, 0.2)
+    # big continues into small (a link forward), so it is not bridged to shifted two sections on
+    assert link_stack(stack(big, small, shifted), min_iou=0.2, gap=1).max() == 2
+    # small has no link forward and shifted none back: a gap candidate only if they overlap enough
+    empty = np.zeros(S, np.uint32)
+    assert link_stack(stack(small, empty, shifted), min_iou=0.2, gap=1).max() == 2
+    assert link_stack(stack(big, empty, shifted), min_iou=0.2, gap=1).max() == 1
+    # two objects end and two start two sections on: optimal one-to-one pairing, as between neighbours
+    left, right = disk(S, 20, 10, 6), disk(S, 20, 30, 6)
+    z0 = (left * 1 + right * 2).astype(np.uint32)
+    z2 = (disk(S, 20, 11, 6) * 3 + disk(S, 20, 29, 6) * 4).astype(np.uint32)
+    out = link_stack(stack(z0, empty, z2), min_iou=0.3, gap=1)
+    assert out.max() == 2 and out[0, 20, 10] == out[2, 20, 11] != out[0, 20, 30] == out[2, 20, 29]
