@@ -585,7 +585,7 @@ class JobSpec(_Model):
 
     def digest(self) -> str:
         """A stable hash of the spec's content (defaults included), for provenance and caches."""
-        return _sha16(self.model_dump(mode="json"))
+        return _sha16(without_neutral_additions(self.model_dump(mode="json")))
 
     def job_content(self) -> dict[str, Any]:
         """What makes this job this job: the spec without where and how it runs (``resources``) and

@@ -16,28 +16,41 @@ from __future__ import annotations
 import numpy as np
 
 
-def plane_scores(a: np.ndarray, b: np.ndarray, *, measure: str = "iou") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every overlapping ``(id in a, id in b)`` pair of two label arrays of one shape with its score:
-    IoU, or with ``measure="overlap"`` the overlap coefficient ``|a & b| / min(|a|, |b|)``."""
+def plane_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every overlapping ``(id in a, id in b)`` pair of two label arrays of one shape with its
+    intersection in pixels."""
     if a.shape != b.shape:
         raise ValueError(f"planes of shapes {a.shape} and {b.shape} cannot be matched")
     fa, fb = a.ravel(), b.ravel()
     both = (fa > 0) & (fb > 0)
     if not both.any():
         empty = np.zeros(0, np.uint64)
-        return empty, empty, np.zeros(0)
+        return empty, empty, np.zeros(0, np.int64)
     pairs, inter = np.unique(np.stack([fa[both], fb[both]]).astype(np.uint64), axis=1, return_counts=True)
+    return pairs[0], pairs[1], inter
+
+
+def score(inter, size_a, size_b, measure: str):
+    """IoU, or with ``measure="overlap"`` the overlap coefficient ``|a & b| / min(|a|, |b|)``."""
+    if measure == "iou":
+        return inter / (size_a + size_b - inter)
+    if measure == "overlap":
+        return inter / np.minimum(size_a, size_b)
+    raise ValueError(f"unknown overlap measure {measure!r}")
+
+
+def plane_scores(a: np.ndarray, b: np.ndarray, *, measure: str = "iou") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every overlapping ``(id in a, id in b)`` pair of two label arrays of one shape with its
+    :func:`score`."""
+    pa, pb, inter = plane_overlaps(a, b)
+    if not len(inter):
+        return pa, pb, np.zeros(0)
+    fa, fb = a.ravel(), b.ravel()
     ids_a, size_a = np.unique(fa[fa > 0], return_counts=True)
     ids_b, size_b = np.unique(fb[fb > 0], return_counts=True)
-    sa = size_a[np.searchsorted(ids_a, pairs[0])]
-    sb = size_b[np.searchsorted(ids_b, pairs[1])]
-    if measure == "iou":
-        score = inter / (sa + sb - inter)
-    elif measure == "overlap":
-        score = inter / np.minimum(sa, sb)
-    else:
-        raise ValueError(f"unknown overlap measure {measure!r}")
-    return pairs[0], pairs[1], score
+    sa = size_a[np.searchsorted(ids_a, pa)]
+    sb = size_b[np.searchsorted(ids_b, pb)]
+    return pa, pb, score(inter, sa, sb, measure)
 
 
 def assign(ids_a: np.ndarray, ids_b: np.ndarray, score: np.ndarray, min_score: float) -> list[tuple[int, int]]:
@@ -82,6 +95,29 @@ def gap_links(candidates: list[tuple[int, int, int, float]], links: list[tuple[i
         a, b, score = zip(*by_z[z])
         out += assign(np.array(a, np.uint64), np.array(b, np.uint64), np.array(score), min_iou)
     return out
+
+
+def gap_links_of_pieces(overlaps: list[tuple[int, int, int, int]], sizes: dict[int, int], links: list[tuple[int, int]],
+                        joins: list[tuple[int, int]], min_iou: float, *, measure: str = "iou") -> list[tuple[int, int]]:
+    """:func:`gap_links` where 2D objects come in pieces (cut by tile borders and joined by ``joins``):
+    ``overlaps`` lists ``(z, piece in z, piece in z + 2, pixels in common)``, ``sizes`` each piece's
+    area. Links, overlaps and sizes are summed over each object's pieces first, so an object has a
+    link forward when any of its pieces has, and scores are those of whole objects."""
+    from alseg.postprocess.stitch import UnionFind
+
+    uf = UnionFind()
+    for a, b in joins:
+        uf.union(int(a), int(b))
+    inter: dict[tuple[int, int, int], int] = {}
+    for z, a, b, n in overlaps:
+        key = (int(z), uf.find(int(a)), uf.find(int(b)))
+        inter[key] = inter.get(key, 0) + int(n)
+    area: dict[int, int] = {}
+    for piece in {int(p) for pair in joins for p in pair} | {int(p) for o in overlaps for p in o[1:3]}:
+        root = uf.find(piece)
+        area[root] = area.get(root, 0) + int(sizes[piece])
+    candidates = [(z, a, b, float(score(n, area[a], area[b], measure))) for (z, a, b), n in inter.items()]
+    return gap_links(candidates, [(uf.find(int(a)), uf.find(int(b))) for a, b in links], min_iou)
 
 
 def link_stack(masks: np.ndarray, min_iou: float, min_size_vox: int = 0, *, measure: str = "iou", gap: int = 0) -> np.ndarray:

@@ -13,9 +13,9 @@ resumable through the blockwise engine:
    are joined when their cross-sections on the border agree (overlap coefficient >=
    ``BORDER_OVERLAP``; a y/x halo wider than the largest organelle lets both tiles see all of it);
    With ``link_gap: 1``, a **gaps** pass then lists the overlaps of pieces two sections apart, and
-   a piece left without a link to the next section is linked to one two sections on left without
-   a link back (:func:`~alseg.pseudolabel.link.gap_links`; pieces are tile pieces, as for the
-   links between neighbouring sections);
+   a 2D object (its tile pieces joined) left without a link to the next section is linked to one
+   two sections on left without a link back
+   (:func:`~alseg.pseudolabel.link.gap_links_of_pieces`);
 3. **relabel**: union-find over all links, 3D objects below ``min_size_vox`` dropped, consecutive
    ids written, pyramid built (mode).
 
@@ -41,7 +41,7 @@ from alseg.geometry import Block, BlockGrid
 from alseg.io import store as st
 from alseg.postprocess.stitch import Layout, finish, write_local
 from alseg.pseudolabel.base import PseudoLabelError, check_masks, make_labeller, signature
-from alseg.pseudolabel.link import gap_links, match_planes, plane_scores
+from alseg.pseudolabel.link import gap_links_of_pieces, match_planes, plane_overlaps
 from alseg.runtime import Resources, Runner, SerialRunner
 
 BORDER_OVERLAP = 0.5
@@ -133,7 +133,7 @@ def _face_links(job: _FaceJob) -> dict[str, Any]:
             pairs += z_pairs
         else:
             pairs += match_planes(lower, upper, BORDER_OVERLAP, measure="overlap")
-    return {"pairs": sorted(pairs), "z": sorted(z_pairs)}
+    return {"pairs": sorted(pairs), "z": sorted(z_pairs), "joins": sorted(set(pairs) - set(z_pairs))}
 
 
 @dataclass(frozen=True)
@@ -141,25 +141,25 @@ class _GapJob:
     layout: Layout
     block: Block
     offsets: tuple[tuple[int, int], ...]  # (z row of this tile's blocks, its id offset) for the planes read
-    link_measure: str
 
 
-def _gap_candidates(job: _GapJob) -> dict[str, Any]:
+def _gap_overlaps(job: _GapJob) -> dict[str, Any]:
     """Every overlapping pair of pieces two sections apart whose middle section lies in this block:
-    ``(z, id in z, id in z + 2, score)``, global ids (the pieces may lie in the blocks above and below)."""
+    ``(z, id in z, id in z + 2, pixels in common)``, global ids (the pieces may lie in the blocks
+    above and below)."""
     lay, box = job.layout, job.block.write
     offsets = dict(job.offsets)
     local = lay.open_local("r")
-    out: list[tuple[int, int, int, float]] = []
+    out: list[tuple[int, int, int, int]] = []
     for z in range(max(box.start[0], 1), min(box.stop[0], lay.shape[0] - 1)):
         planes = []
         for zz in (z - 1, z + 1):
             plane = np.asarray(local[(zz, *box.slices[1:])]).astype(np.uint64)
             plane[plane > 0] += np.uint64(offsets[zz // lay.block_shape[0]])
             planes.append(plane)
-        a, b, score = plane_scores(planes[0], planes[1], measure=job.link_measure)
-        out += [(z - 1, int(i), int(j), float(v)) for i, j, v in zip(a, b, score)]
-    return {"candidates": out}
+        a, b, inter = plane_overlaps(planes[0], planes[1])
+        out += [(z - 1, int(i), int(j), int(n)) for i, j, n in zip(a, b, inter)]
+    return {"overlaps": out}
 
 
 def _row_offsets(grid: BlockGrid, linear: dict[str, int], block: Block, stride: int) -> tuple[tuple[int, int], ...]:
@@ -242,12 +242,18 @@ def pseudolabel_volume(
     links = {**{f"in-{k}": {"pairs": r["pairs"]} for k, r in segmented.items()}, **faces}
     if spec.link_gap:
         gaps = run_blocks(
-            _gap_candidates, grid, payload=lambda b: _GapJob(lay, b, _row_offsets(grid, linear, b, stride), spec.link_measure),
+            _gap_overlaps, grid, payload=lambda b: _GapJob(lay, b, _row_offsets(grid, linear, b, stride)),
             runner=runner, work_dir=work, name="gaps", desc="gap closing",
         )
         z_links = [tuple(p) for r in segmented.values() for p in r["pairs"]] + [tuple(p) for r in faces.values() for p in r["z"]]
-        candidates = [tuple(c) for r in gaps.values() for c in r["candidates"]]
-        links["gap-closing"] = {"pairs": gap_links(candidates, z_links, spec.link_iou)}
+        joins = [tuple(p) for r in faces.values() for p in r["joins"]]
+        overlaps = [tuple(o) for r in gaps.values() for o in r["overlaps"]]
+        keys = [b.key for b in grid]
+        sizes: dict[int, int] = {}
+        for piece in {int(p) for pair in joins for p in pair} | {int(p) for o in overlaps for p in o[1:3]}:
+            row = (piece - 1) // stride  # ids are a block's offset (its index x stride) + its local id 1..n
+            sizes[piece] = segmented[keys[row]]["sizes"][piece - row * stride - 1]
+        links["gap-closing"] = {"pairs": gap_links_of_pieces(overlaps, sizes, z_links, joins, spec.link_iou, measure=spec.link_measure)}
     seconds["link"] = time.perf_counter() - clock
     clock = time.perf_counter()
     count = finish(lay, grid, segmented, links, output_url, min_size_vox=spec.min_size_vox, runner=runner, work_dir=work, pyramid=True)

@@ -134,9 +134,20 @@ def test_gap_closing_joins_only_pieces_without_links():
     empty = np.zeros(S, np.uint32)
     assert link_stack(stack(small, empty, shifted), min_iou=0.2, gap=1).max() == 2
     assert link_stack(stack(big, empty, shifted), min_iou=0.2, gap=1).max() == 1
-    # two objects end and two start two sections on: optimal one-to-one pairing, as between neighbours
-    left, right = disk(S, 20, 10, 6), disk(S, 20, 30, 6)
-    z0 = (left * 1 + right * 2).astype(np.uint32)
-    z2 = (disk(S, 20, 11, 6) * 3 + disk(S, 20, 29, 6) * 4).astype(np.uint32)
-    out = link_stack(stack(z0, empty, z2), min_iou=0.3, gap=1)
-    assert out.max() == 2 and out[0, 20, 10] == out[2, 20, 11] != out[0, 20, 30] == out[2, 20, 29]
+    # a piece two sections on that already has a link back is not bridged to one ending before it
+    p, q, r = disk(S, 20, 13, 6), disk(S, 20, 27, 6), disk(S, 20, 20, 10)
+    assert not (p & q).any() and match_planes(p.astype(np.uint32), r.astype(np.uint32), 0.2)
+    assert link_stack(stack(p, q, r), min_iou=0.2, gap=1).max() == 2
+    assert link_stack(stack(big, empty, shifted, shifted), min_iou=0.2, gap=1).max() == 1
+
+
+def test_gap_closing_pairs_one_to_one_by_total_score():
+    """Two objects end and two start two sections on, each overlapping both: the pairing of the
+    largest summed IoU, never one piece joined to two (which would merge all four)."""
+    empty = np.zeros(S, np.uint32)
+    z0 = (disk(S, 20, 14, 6) * 1 + disk(S, 20, 27, 6) * 2).astype(np.uint32)
+    z2 = (disk(S, 20, 17, 6) * 3 + disk(S, 20, 30, 6) * 4).astype(np.uint32)
+    assert len(match_planes(z0, z2, 0.05)) == 2 and (z0 == 2)[z2 == 3].any(), "crosswise overlaps exist"
+    out = link_stack(stack(z0, empty, z2), min_iou=0.05, gap=1)
+    assert out.max() == 2
+    assert out[0, 20, 14] == out[2, 20, 17] != out[0, 20, 27] == out[2, 20, 30]

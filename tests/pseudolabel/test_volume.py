@@ -13,7 +13,7 @@ from conftest import em_like
 
 from alseg.errors import WorkFailedError
 from alseg.io.omezarr import create_image, open_volume
-from alseg.pseudolabel import link_stack, make_labeller, pseudolabel_volume
+from alseg.pseudolabel import link_stack, make_labeller, match_planes, pseudolabel_volume
 from alseg.spec import CellSAMPseudoLabel, ClassicalPseudoLabel
 
 SPEC = ClassicalPseudoLabel(threshold="otsu", denoise_sigma_nm=0.0, opening_radius_nm=0.0, min_area_nm2=640.0,
@@ -58,6 +58,29 @@ def test_gap_closing_equals_in_memory_linking(tmp_path, block, halo):
     res = pseudolabel_volume(vol.url, tmp_path / "pl.zarr", spec, work_dir=tmp_path / "work", block_shape=block, halo_yx=halo)
     assert res["objects"] == ref.max()
     assert same_partition(open_volume(tmp_path / "pl.zarr").read(), ref)
+
+
+@pytest.mark.parametrize("block", [(3, 32, 32), (1, 32, 32)])
+def test_gap_closing_decides_on_whole_objects_across_tiles(tmp_path, block):
+    """An object cut by a tile border continues in the next section on one side only: it has a link
+    forward, so the object that starts two sections on beside its other half is not bridged to it
+    (deciding per tile piece would merge the two)."""
+    y, x = np.ogrid[:64, :64]
+    obj = (y - 16) ** 2 + (x - 32) ** 2 <= 64                    # crosses the tile border x = 32
+    data = np.full((3, 64, 64), 190, np.uint8)
+    data[0][obj] = 60
+    data[1][obj & (x < 31)] = 60                                 # continues left of the border only
+    data[2][(y - 16) ** 2 + (x - 38) ** 2 <= 36] = 60            # a new object, right of the border
+    vol = create_image(tmp_path / "img.zarr", shape=data.shape, dtype="uint8", chunks=(1, 32, 32), voxel_size_nm=(30, 8, 8), levels=1)
+    vol.write(vol.bounds, data)
+    spec = SPEC.model_copy(update={"link_gap": 1})
+    labels = make_labeller(spec, pixel_size_nm=8.0)(data)
+    right_half = np.where(x >= 32, labels[0], 0)
+    assert match_planes(right_half, labels[2], spec.link_iou), "per tile piece, the halves would be bridged"
+    ref = link_stack(labels, spec.link_iou, spec.min_size_vox, gap=1)
+    assert ref.max() == 2
+    res = pseudolabel_volume(vol.url, tmp_path / "pl.zarr", spec, work_dir=tmp_path / "work", block_shape=block, halo_yx=24)
+    assert res["objects"] == 2 and same_partition(open_volume(tmp_path / "pl.zarr").read(), ref)
 
 
 def test_output_is_reused_by_signature_and_redone_when_it_changes(tmp_path):
