@@ -400,6 +400,10 @@ class KCenterSelection(_Budget):
         "and outlier do not depend on the seed and leave the rest of the budget to the greedy")
     n_initial: int = Field(3, ge=1, description="random initial picks with start: random (the paper's k = 3)")
     distance: Literal["cosine", "euclidean"] = "cosine"
+    foreground_min: float | None = Field(
+        None, ge=0.0, lt=1.0, description="foreground-aware k-center: only patches whose pseudo-label foreground "
+        "fraction is above this are candidates (0.0: every patch whose pseudo-labels hold any mitochondrion), as long "
+        "as at least the budget of them is left; else k-center over all. None: every patch")
 
 
 class RandomSelection(_Budget):
@@ -609,7 +613,7 @@ def ground_truth_url(spec: JobSpec) -> str | None:
 # Fields added after jobs were run, with the value that does what the code did before them: left out
 # of a job's content (and of a pseudo-label signature) at that value, so that adding one does not make
 # every stored run, sweep result and pseudo-label volume stale. Any other value is content.
-NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}}
+NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}, "selection": {"foreground_min": None}}
 
 
 def without_neutral_additions(content: dict[str, Any], section: str | None = None) -> dict[str, Any]:

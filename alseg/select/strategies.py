@@ -35,8 +35,17 @@ def needs_embeddings(strategy: Any) -> bool:
 
 
 def needs_pseudolabels(strategy: Any) -> bool:
-    """Whether a strategy weighs patches by their pseudo-label foreground (``scores["foreground"]``)."""
-    return strategy.method == "foreground_random"
+    """Whether a strategy weighs or filters patches by their pseudo-label foreground (``scores["foreground"]``)."""
+    return strategy.method == "foreground_random" or (strategy.method == "kcenter" and strategy.foreground_min is not None)
+
+
+def _fractions(scores: dict[str, np.ndarray] | None, n: int, method: str) -> np.ndarray:
+    if scores is None or "foreground" not in scores:
+        raise SpecError(f"selection method {method!r} needs the pseudo-label foreground of every candidate")
+    fractions = np.asarray(scores["foreground"], dtype=np.float64)
+    if fractions.shape != (n,) or not np.isfinite(fractions).all() or (fractions < 0).any():
+        raise SpecError(f"foreground fractions of shape {fractions.shape} for {n} candidates (finite, >= 0 expected)")
+    return fractions
 
 
 def foreground_random_picks(fractions: np.ndarray, budget: int, blocked: np.ndarray, *, min_fraction: float,
@@ -168,19 +177,26 @@ def select_patches(
         picks = np.random.default_rng(seed).choice(np.flatnonzero(~blocked), size=budget, replace=False)
         return Selection(picks.astype(np.int64), method)
     if method == "foreground_random":
-        if scores is None or "foreground" not in scores:
-            raise SpecError("selection method 'foreground_random' needs the pseudo-label foreground of every candidate")
-        fractions = np.asarray(scores["foreground"], dtype=np.float64)
-        if fractions.shape != (n,) or not np.isfinite(fractions).all() or (fractions < 0).any():
-            raise SpecError(f"foreground fractions of shape {fractions.shape} for {n} candidates (finite, >= 0 expected)")
+        fractions = _fractions(scores, n, method)
         picks, filled = foreground_random_picks(fractions, budget, blocked, min_fraction=strategy.min_fraction, seed=seed)
         return Selection(picks, method, {"foreground": fractions[picks].tolist(), "uniform_fill": filled})
     if method == "kcenter":
+        detail: dict[str, Any] = {}
+        candidates = blocked
+        if strategy.foreground_min is not None:
+            # foreground-aware: the greedy covers the patches that hold mitochondria, not the empty ones
+            fractions = _fractions(scores, n, method)
+            outside = blocked | ~(fractions > strategy.foreground_min)
+            restricted = int((~outside).sum()) >= budget
+            candidates = outside if restricted else blocked
+            detail["foreground_only"] = restricted
         res = kcenter_greedy(embeddings, budget, annotated=annotated if strategy.initial == "annotated" else (),
                              n_initial=strategy.n_initial, start=strategy.start, seed=seed, metric=strategy.distance,
-                             exclude=blocked, device=device, progress=progress)
+                             exclude=candidates, device=device, progress=progress)
+        if strategy.foreground_min is not None:
+            detail["foreground"] = fractions[res.picks].tolist()
         return Selection(res.picks, method, {"distance": res.distance.tolist(), "start": res.start,
-                                             "random_starts": res.n_initial if res.start == "random" else 0})
+                                             "random_starts": res.n_initial if res.start == "random" else 0, **detail})
     if method == "kmeans":
         emb = embeddings if isinstance(embeddings, np.ndarray) else embeddings[:]
         picks, _ = kmeans_picks(emb, budget, blocked, iterations=strategy.iterations, seed=seed, spherical=True)

@@ -142,3 +142,33 @@ def test_foreground_random_draws_in_proportion_to_foreground():
         select_patches(strategy, n=6, seed=0)
     with pytest.raises(SpecError, match="shape"):
         select_patches(strategy, n=6, scores={"foreground": fractions[:5]}, seed=0)
+
+
+def test_foreground_aware_kcenter_covers_the_patches_with_mitochondria():
+    """``foreground_min``: k-center over the patches whose pseudo-labels hold mitochondria only,
+    equal to the plain greedy on that subset (its own central start); with too few of them left,
+    k-center over all; ``None`` is the plain k-center."""
+    rng = np.random.default_rng(7)
+    x = normalize_rows(rng.standard_normal((60, 8), dtype=np.float32) + np.float32(0.3))
+    fractions = np.where(rng.random(60) < 0.4, rng.random(60) * 0.2, 0.0)
+    eligible = np.flatnonzero(fractions > 0.05)
+    scores = {"foreground": fractions}
+    sel = select_patches(KCenterSelection(budget=5, foreground_min=0.05), n=60, embeddings=x, scores=scores)
+    sub = x[eligible]
+    first = int(np.argmax(sub @ sub.sum(axis=0)))  # the central start among the eligible rows
+    np.testing.assert_array_equal(sel.picks, eligible[reference_kcenter(sub, 5, [first])])
+    assert sel.detail["foreground_only"] and np.all(np.asarray(sel.detail["foreground"]) > 0.05)
+    plain = select_patches(KCenterSelection(budget=5), n=60, embeddings=x, scores=scores)
+    assert not set(plain.picks.tolist()) <= set(eligible.tolist()), "the plain greedy picks empty patches here"
+    assert "foreground_only" not in plain.detail
+    # annotated patches are centres and never picked again; the rest still only among the eligible
+    later = select_patches(KCenterSelection(budget=3, foreground_min=0.05), n=60, embeddings=x, scores=scores,
+                           annotated=[int(eligible[0])])
+    blocked = np.setdiff1d(np.arange(60), eligible)
+    np.testing.assert_array_equal(later.picks, reference_kcenter(x, 3, [], annotated=[int(eligible[0])], exclude=blocked))
+    # fewer eligible patches than the budget: k-center over all of them
+    few = select_patches(KCenterSelection(budget=len(eligible) + 1, foreground_min=0.05), n=60, embeddings=x, scores=scores)
+    assert not few.detail["foreground_only"]
+    np.testing.assert_array_equal(few.picks, select_patches(KCenterSelection(budget=len(eligible) + 1), n=60, embeddings=x).picks)
+    with pytest.raises(SpecError, match="foreground"):
+        select_patches(KCenterSelection(budget=2, foreground_min=0.0), n=60, embeddings=x)
