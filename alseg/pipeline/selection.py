@@ -22,7 +22,7 @@ from alseg.pipeline.common import (device_for, digest, embedding_dir, input_volu
 from alseg.pipeline.content import foreground_fractions, selection_diagnostics
 from alseg.pipeline.embedding import run_embed
 from alseg.rundir import claim
-from alseg.spec import JobSpec
+from alseg.spec import JobSpec, without_neutral_additions
 
 
 def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | None = None, runner: Any = None,
@@ -133,6 +133,15 @@ def _diagnostics(spec: JobSpec, label_url: str, boxes: np.ndarray, picks: list[i
     return {**selection_diagnostics(fractions, picks), "labels": st.redact(label_url), "labels_signature_sha256": sig}
 
 
+def selection_signature(strategy: Any, store_sig: str | None, annotated: list[int], seed: int,
+                        scores: dict[str, Any] | None) -> str:
+    """What decides a round's picks; a field added to the strategy since, at its neutral value
+    (:data:`alseg.spec.NEUTRAL_ADDITIONS`), leaves it as it was, so stored rounds stay current."""
+    return digest({"strategy": without_neutral_additions(strategy.model_dump(mode="json"), "selection"),
+                   "embeddings": store_sig, "annotated": annotated, "seed": seed,
+                   "scores": None if scores is None else digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
+
+
 def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | None = None, progress: bool = True,
                picture: bool = True, pseudolabel_url: str | None = None, pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 4c: pick this round's patches by the spec's strategy into ``<run dir>/selection/round-NN.json``
@@ -174,8 +183,7 @@ def run_select(spec: JobSpec, *, round_index: int = 1, scores: dict[str, Any] | 
                             "pseudo-label stage first (alseg pseudolabel)")
         scores = {"foreground": pool_foreground(spec, labels, boxes, progress=progress)[0]}
     seed = spec.run.seed * 1000 + round_index
-    signature = digest({"strategy": strategy.model_dump(mode="json"), "embeddings": store_sig, "annotated": annotated,
-                         "seed": seed, "scores": None if scores is None else digest({k: np.asarray(v).tolist() for k, v in scores.items()})})
+    signature = selection_signature(strategy, store_sig, annotated, seed, scores)
     url = selection_url(spec, round_index)
     if st.exists(url):
         prev = st.read_json(url)

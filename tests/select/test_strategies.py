@@ -172,3 +172,23 @@ def test_foreground_aware_kcenter_covers_the_patches_with_mitochondria():
     np.testing.assert_array_equal(few.picks, select_patches(KCenterSelection(budget=len(eligible) + 1), n=60, embeddings=x).picks)
     with pytest.raises(SpecError, match="foreground"):
         select_patches(KCenterSelection(budget=2, foreground_min=0.0), n=60, embeddings=x)
+
+
+def test_foreground_min_at_its_neutral_value_keeps_stored_rounds_current():
+    """A round's selection file written before ``foreground_min`` existed stays current: the
+    signature of a k-center strategy without it is the digest the older code wrote (its strategy
+    dump had no such key); any value is content."""
+    import hashlib
+    import json
+
+    from alseg.pipeline.selection import selection_signature
+
+    strategy = KCenterSelection(budget=4)
+    before = {k: v for k, v in strategy.model_dump(mode="json").items() if k != "foreground_min"}
+    fractions = np.array([0.0, 0.5])
+    scores_digest = hashlib.sha256(json.dumps({"foreground": fractions.tolist()}, sort_keys=True).encode()).hexdigest()
+    older = {"strategy": before, "embeddings": "abc", "annotated": [3], "seed": 7, "scores": scores_digest}
+    want = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
+    assert selection_signature(strategy, "abc", [3], 7, {"foreground": fractions}) == want
+    aware = KCenterSelection(budget=4, foreground_min=0.0)
+    assert selection_signature(aware, "abc", [3], 7, {"foreground": fractions}) != want
