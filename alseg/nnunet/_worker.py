@@ -55,10 +55,9 @@ def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
     return plans
 
 
-def processes(job: dict, dataset_id: int) -> int:
-    """Worker processes for nnU-Net's integrity check, fingerprint and preprocessing pools: the job's
-    ``processes`` when given, else one per case up to the CPUs this process may use and nnU-Net's
-    default (8, or ``nnUNet_def_n_proc``). Each is a spawned interpreter that imports torch and
+def processes(dataset_id: int) -> int:
+    """Worker processes for nnU-Net's integrity check, fingerprint and preprocessing pools: one per
+    case, at most the CPUs this process may use and nnU-Net's default (8, or ``nnUNet_def_n_proc``). Each is a spawned interpreter that imports torch and
     nnU-Net before it does any work, so eight of them for a handful of patches on a 2-core node
     cost more than the cases (measured: a tiny plan step took 33 s with 8, 18 s with 2, on cpu-2c)."""
     import os
@@ -67,8 +66,6 @@ def processes(job: dict, dataset_id: int) -> int:
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-    if job.get("processes"):
-        return max(1, int(job["processes"]))
     with open(os.path.join(str(nnUNet_raw), convert_id_to_dataset_name(dataset_id), "dataset.json")) as fh:
         cases = int(json.load(fh).get("numTraining") or 1)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -83,7 +80,7 @@ def plan(job: dict) -> dict:
     import os
 
     ds, conf = int(job["dataset_id"]), job["configuration"]
-    n = processes(job, ds)
+    n = processes(ds)
     extract_fingerprints([ds], num_processes=n, check_dataset_integrity=True, clean=True, verbose=False)
     plan_experiments([ds])
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
@@ -118,7 +115,7 @@ def transfer(job: dict) -> dict:
     move_plans_between_datasets(src, dst, job["plans"], job["plans"])
     # the planner normally copies dataset.json beside the plans; moved plans need it too
     shutil.copy(os.path.join(str(nnUNet_raw), name, "dataset.json"), os.path.join(target, "dataset.json"))
-    preprocess([dst], job["plans"], configurations=[conf], num_processes=[processes(job, dst)], verbose=False)
+    preprocess([dst], job["plans"], configurations=[conf], num_processes=[processes(dst)], verbose=False)
     return {}
 
 
