@@ -338,20 +338,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     """A sweep over a base job spec: strategies x budgets x pretraining x seeds, baselines, tables."""
-    from alseg.experiment import configurations, load_experiment, restrict, run_experiment
+    from alseg.experiment import Piece, configurations, in_folder, load_experiment, run_experiment
 
     exp, base = load_experiment(args.experiment)
-    exp = restrict(exp, seeds=args.seeds, strategies=args.strategies, folder=args.dir,
-                   budgets=None if args.budgets is None else [b if b.endswith("%") else int(b) for b in args.budgets],
-                   pretraining=None if args.pretraining is None else [p == "yes" for p in args.pretraining])
+    if args.dir is not None:
+        exp = in_folder(exp, args.dir)
     if args.serial:
         exp = exp.model_copy(update={"parallel": "serial"})
+    named = (args.seeds, args.budgets, args.strategies, args.pretraining)
+    piece = None if named == (None,) * 4 else Piece(
+        seeds=None if args.seeds is None else tuple(args.seeds),
+        budgets=None if args.budgets is None else tuple(b if b.endswith("%") else int(b) for b in args.budgets),
+        strategies=None if args.strategies is None else tuple(args.strategies),
+        pretraining=None if args.pretraining is None else tuple(p == "yes" for p in args.pretraining))
     if args.dry_run:
-        for c in configurations(exp, base):
+        for c in configurations(exp, base, piece):
             _say(f"{c.key}: {c.budget} patches, {'pretrained' if c.pretrained else 'from scratch'}, seed {c.seed}"
                  f"{', + pixel classifier' if c.forest else ''}")
         return 0
-    run_experiment(exp, base, say=_say, progress=_progress(args))
+    run_experiment(exp, base, say=_say, progress=_progress(args), piece=piece)
     return 0
 
 
@@ -502,13 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="path of the YAML experiment spec (base, dir, strategies, budgets, ...)")
     p.add_argument("--serial", action="store_true", help="run configurations one after another, whatever parallel says")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and stop")
-    piece = p.add_argument_group("a piece of the sweep", "run part of it (same configurations, folders and results as the "
-                                 "whole: pieces add up; a long sweep can run in pieces on different days or machines)")
+    piece = p.add_argument_group("a piece of the sweep", "run part of it (the whole sweep's configurations that match, "
+                                 "with the same folders and results: pieces add up, and the tables a piece writes cover "
+                                 "every stored result; a long sweep can run in pieces on different days or machines). "
+                                 "Full annotation belongs to every piece of its seed; --strategies full runs it alone")
     piece.add_argument("--dir", default=None, help="experiment folder instead of the spec's dir (relative to here)")
     piece.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S", help="these seeds only")
     piece.add_argument("--budgets", nargs="+", default=None, metavar="B", help="these budgets only (counts, or '10%%')")
     piece.add_argument("--strategies", nargs="+", default=None, metavar="NAME",
-                       help="these strategies only, by their table names (e.g. kcenter-mae random)")
+                       help="these strategies only, by their table names (e.g. kcenter-mae random; full)")
     piece.add_argument("--pretraining", nargs="+", choices=("yes", "no"), default=None,
                        help="with pretraining (yes), from scratch (no), or both")
     p = add("status", cmd_status, "say which stages and rounds of a job are done, stale or pending",

@@ -8,6 +8,7 @@ the pixel classifier at each budget, the ground truth through the same post-proc
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,34 +119,51 @@ def strategy_name(s: StrategySpec) -> str:
     return f"{method}-{s.embedding_source}" if s.embedding_source else method
 
 
-def restrict(exp: ExperimentSpec, *, seeds: list[int] | None = None, budgets: list[Budget] | None = None,
-             strategies: list[str] | None = None, pretraining: list[bool] | None = None,
-             folder: str | None = None) -> ExperimentSpec:
-    """A piece of a sweep: ``exp`` with its seeds, budgets, pretraining or folder replaced and its
-    strategies narrowed to the ones named (each must exist). The piece's configurations are the
-    whole sweep's (same keys, folders and results), so pieces run apart add up to the sweep."""
-    data = exp.model_dump(mode="json")
-    if strategies is not None:
-        known = {strategy_name(s): s for s in exp.strategies}
-        unknown = [n for n in strategies if n not in known]
-        if unknown:
-            raise SpecError(f"strategies {unknown} are not in experiment {exp.name!r} (it has {', '.join(known)})")
-        data["strategies"] = [known[n].model_dump(mode="json") for n in dict.fromkeys(strategies)]
-    for key, value in (("seeds", seeds), ("budgets", budgets), ("pretraining", pretraining)):
-        if value is not None:
-            data[key] = list(value)
-    if data.get("scratch_budgets") is not None:
-        kept = [b for b in data["scratch_budgets"] if b in data["budgets"]]
-        data["scratch_budgets"] = kept if kept and False in data["pretraining"] else None
-        if not kept and False in data["pretraining"]:
-            raise SpecError(f"no scratch budget {exp.scratch_budgets} is among the budgets {data['budgets']}: the piece would "
-                            "run every budget from scratch; name one of them")
-    if folder is not None:
-        data["dir"] = str(Path(folder).expanduser().resolve())
-    try:
-        return ExperimentSpec.model_validate(data)
-    except ValidationError as err:
-        raise SpecError("experiment piece: " + "; ".join(f"{a}: {b}" for a, b in problems_of(err))) from None
+@dataclass(frozen=True)
+class Piece:
+    """Part of a sweep (``alseg experiment --seeds --budgets --strategies --pretraining``): the
+    configurations of the whole sweep that match every field given (None: any). The configurations
+    are the whole sweep's, not a smaller sweep's: the same keys, folders, shared upstream
+    directories and pixel-classifier runs, so pieces run apart add up to the sweep, and the tables
+    a piece writes cover every stored result of the sweep. Full annotation belongs to every piece
+    that names its seed and pretraining (``--strategies full`` runs it alone)."""
+
+    seeds: tuple[int, ...] | None = None
+    budgets: tuple[Budget, ...] | None = None
+    strategies: tuple[str, ...] | None = None
+    pretraining: tuple[bool, ...] | None = None
+
+    def check(self, exp: ExperimentSpec, pool: int) -> None:
+        """Each value named must be one of the sweep's (a piece never extends the sweep)."""
+        known = [strategy_name(s) for s in exp.strategies] + (["full"] if "full" in exp.baselines else [])
+        budgets = {budget_patches(b, pool) for b in exp.budgets}
+        for what, named, allowed, hint in (
+                ("strategies", self.strategies, known, "by their table names"),
+                ("seeds", self.seeds, exp.seeds, ""),
+                ("budgets", None if self.budgets is None else [budget_patches(b, pool) for b in self.budgets], budgets,
+                 f"in patches of a pool of {pool}"),
+                ("pretraining", self.pretraining, exp.pretraining, "")):
+            extra = [v for v in named or () if v not in allowed]
+            if extra:
+                raise SpecError(f"{what} {extra} are not in experiment {exp.name!r} ({hint + ': ' if hint else ''}it has "
+                                f"{', '.join(map(str, sorted(allowed, key=str)))}): a piece runs part of the sweep; "
+                                "add them to the experiment spec to extend it")
+
+    def admits(self, strategy: str, budget: int, pretrained: bool, seed: int, pool: int) -> bool:
+        if self.seeds is not None and seed not in self.seeds:
+            return False
+        if self.pretraining is not None and pretrained not in self.pretraining:
+            return False
+        if strategy == "full":
+            return True  # the reference of every piece of its seed and pretraining
+        if self.strategies is not None and strategy not in self.strategies:
+            return False
+        return self.budgets is None or budget in {budget_patches(b, pool) for b in self.budgets}
+
+
+def in_folder(exp: ExperimentSpec, folder: str) -> ExperimentSpec:
+    """``exp`` with its experiment folder replaced (relative to the working directory)."""
+    return exp.model_copy(update={"dir": str(Path(folder).expanduser().resolve())})
 
 
 def load_experiment(path: str | Path) -> tuple[ExperimentSpec, JobSpec]:

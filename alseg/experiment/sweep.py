@@ -39,7 +39,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from alseg.errors import OutputExistsError, SpecError
-from alseg.experiment.spec import ExperimentSpec, StrategySpec, budget_patches, strategy_name
+from alseg.experiment.spec import ExperimentSpec, Piece, StrategySpec, budget_patches, strategy_name
 from alseg.io import store as st
 from alseg.pipeline import job_status, run_job
 from alseg.pipeline.common import digest, input_volume
@@ -164,11 +164,14 @@ def check_base(exp: ExperimentSpec, base: JobSpec) -> None:
         raise SpecError("experiment dir: " + "; ".join(m for _, m in problems))
 
 
-def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
-    """Every configuration of the sweep, checked (a spec error surfaces before any work)."""
+def configurations(exp: ExperimentSpec, base: JobSpec, piece: Piece | None = None) -> list[Config]:
+    """Every configuration of the sweep (or of a ``piece`` of it), checked (a spec error surfaces
+    before any work)."""
     root = _local(exp.dir)
     check_base(exp, base)
     pool = pool_size(base)
+    if piece is not None:
+        piece.check(exp, pool)
     budgets = sorted({budget_patches(b, pool) for b in exp.budgets})
     scratch = budgets if exp.scratch_budgets is None else sorted({budget_patches(b, pool) for b in exp.scratch_budgets})
     out: list[Config] = []
@@ -181,6 +184,8 @@ def configurations(exp: ExperimentSpec, base: JobSpec) -> list[Config]:
                 todo.append((FULL, pool))
             for strategy, budget in todo:
                 name = strategy_name(strategy)
+                if piece is not None and not piece.admits(name, budget, pre, seed, pool):
+                    continue
                 key = f"{name}__b{budget:04d}__{'pre' if pre else 'scratch'}__s{seed}"
                 spec = _job(base, os.path.join(root, "runs", key), seed, {**strategy.selection, "budget": budget},
                             source=strategy.embedding_source, pretrained=pre, serial=exp.parallel == "ray",
@@ -257,12 +262,16 @@ def own_folder(exp: ExperimentSpec) -> str:
     return root
 
 
-def run_shared(exp: ExperimentSpec, base: JobSpec, seed: int, *, say: Callable[[str], None], progress: bool) -> None:
+def run_shared(exp: ExperimentSpec, base: JobSpec, seed: int, *, say: Callable[[str], None], progress: bool,
+               needed: set[str] | None = None) -> None:
     """The seed's upstream stages, once: the first source's directory, then each other source's
-    seeded from it (pseudo-labels and pretraining linked, embeddings computed)."""
+    seeded from it (pseudo-labels and pretraining linked, embeddings computed); of those other
+    sources only the ``needed`` shared directories (None: all)."""
     dirs = shared_dirs(exp, base, seed)
     first = next(iter(dirs))
     for i, source in enumerate(dirs):
+        if i > 0 and needed is not None and dirs[source] not in needed:
+            continue
         spec = shared_job(exp, base, seed, source)
         if i > 0:
             seed_run_dir(spec, dirs[first], skip_embeddings=True)
@@ -328,19 +337,23 @@ def _config_task(payload: tuple[ExperimentSpec, Config]) -> dict[str, Any]:
     return {"key": cfg.key, "wall_s": res["wall_s"]}
 
 
-def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], None]) -> dict[str, Any]:
+def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], None],
+                   seeds: set[int] | None = None) -> dict[str, Any]:
     """Per seed: the pretrained model alone and the pseudo-labels alone; once: the ceiling. Each is
     cached in its own file under ``baselines/`` (keyed by what decides it), so adding a seed, or
     restoring an earlier session's files, computes only what is new; ``baselines.json`` is the
-    assembled view."""
+    assembled view. Only the ``seeds`` given (None: all) are computed where missing (a piece's:
+    their shared upstream exists); the others are read where cached and left out where not."""
     from alseg.experiment.baselines import ceiling_scores, pseudolabel_scores
 
     root = _local(exp.dir)
 
-    def cached(name: str, sig: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def cached(name: str, sig: str, compute: Callable[[], dict[str, Any]] | None) -> dict[str, Any] | None:
         path = os.path.join(root, "baselines", name)
         if os.path.isfile(path) and (rec := st.read_json(path)).get("signature") == sig:
             return rec["scores"]
+        if compute is None:
+            return None
         scores = compute()
         st.write_json(path, {"signature": sig, "scores": scores})
         return scores
@@ -358,10 +371,13 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
     for seed in exp.seeds:
         sig = digest({"base": base.job_digest(), "seed": seed, "baselines": sorted(exp.baselines),
                       "pretraining": any(exp.pretraining)})
-        out["seeds"][str(seed)] = cached(f"seed-{seed}.json", sig, lambda seed=seed: seed_row(seed))
+        row = cached(f"seed-{seed}.json", sig, None if seeds is not None and seed not in seeds else lambda seed=seed: seed_row(seed))
+        if row is not None:
+            out["seeds"][str(seed)] = row
     if "ceiling" in exp.baselines:
         sig = digest({"base": base.job_digest(), "ceiling": True})
-        spec = shared_job(exp, base, exp.seeds[0], next(iter(shared_dirs(exp, base, exp.seeds[0]))))
+        first = min(seeds) if seeds else exp.seeds[0]  # a seed whose shared upstream is there
+        spec = shared_job(exp, base, first, next(iter(shared_dirs(exp, base, first))))
         out["ceiling"] = cached("ceiling.json", sig,
                                 lambda: ceiling_scores(spec, os.path.join(root, "baselines", f"ceiling-{sig[:8]}"))["scores"])
         say(f"ceiling (ground truth through the post-processing): F1@0.5 {out['ceiling']['at']['0.5']['f1']:.3f}")
@@ -370,19 +386,27 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
 
 
 def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], None] = print, progress: bool = True,
-                   runner: Any = None) -> dict[str, Any]:
-    """The whole sweep, resumable: shared upstream per seed, configurations (serial, or Ray tasks
-    with ``parallel: ray``), baselines, then the tables. Returns ``{"results", "baselines", "tables"}``."""
+                   runner: Any = None, piece: Piece | None = None) -> dict[str, Any]:
+    """The whole sweep, or a ``piece`` of it, resumable: shared upstream per seed, configurations
+    (serial, or Ray tasks with ``parallel: ray``), baselines, then the tables over every stored
+    result of the sweep (a piece's and the earlier pieces'). Returns ``{"results", "baselines",
+    "tables"}`` (``results``: every configuration of the sweep that has one)."""
     from alseg.experiment.tables import write_tables
 
-    configs = configurations(exp, base)  # checks everything before the folder is made
+    every = configurations(exp, base)  # checks everything before the folder is made
+    configs = every if piece is None else configurations(exp, base, piece)
+    if not configs:
+        raise SpecError(f"the piece names no configuration of experiment {exp.name!r} (a scratch budget or pretraining "
+                        "it does not run?): alseg experiment --dry-run lists them")
     own_folder(exp)
     pool = pool_size(base)
-    done = {c.key: r for c in configs if (r := read_result(exp, c)) is not None}
+    done = {c.key: r for c in every if (r := read_result(exp, c)) is not None}
     todo = [c for c in configs if c.key not in done]
-    say(f"experiment {exp.name}: {len(configs)} configurations ({len(done)} done before), pool of {pool} patches")
+    of = "" if piece is None else f", a piece of the sweep's {len(every)}"
+    say(f"experiment {exp.name}: {len(configs)} configurations ({sum(c.key in done for c in configs)} done before{of}), "
+        f"pool of {pool} patches")
     for seed in sorted({c.seed for c in todo}):
-        run_shared(exp, base, seed, say=say, progress=progress)
+        run_shared(exp, base, seed, say=say, progress=progress, needed={c.shared for c in todo if c.seed == seed})
     t0 = time.perf_counter()
     if exp.parallel == "ray" and todo:
         from alseg.runtime import Resources, WorkItem, runner_from_spec
@@ -396,7 +420,8 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
             if own:
                 runner.close()
         for c in todo:
-            done[c.key] = read_result(exp, c)
+            if (r := read_result(exp, c)) is not None:
+                done[c.key] = r
     else:
         for i, c in enumerate(todo):
             res = run_config(c, progress=progress, say=say)
@@ -407,8 +432,8 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
             f1 = (res.get("scores") or {}).get("at", {}).get("0.5", {}).get("f1")
             say(f"configuration {len(done)}/{len(configs)} done: {c.key} (F1@0.5 {f1 if f1 is None else round(f1, 3)}, "
                 f"{res['wall_s']:.0f} s); about {left / 60:.0f} min left")
-    baselines = seed_baselines(exp, base, say=say)
-    results = [done[c.key] for c in configs]
+    baselines = seed_baselines(exp, base, say=say, seeds=None if piece is None else {c.seed for c in configs})
+    results = [done[c.key] for c in every if c.key in done]
     tables = write_tables(exp, results, baselines, pool=pool)
     say(f"tables: {tables['markdown']}")
     return {"results": results, "baselines": baselines, "tables": tables}

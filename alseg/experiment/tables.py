@@ -133,17 +133,19 @@ def write_tables(exp: ExperimentSpec, results: list[dict[str, Any]], baselines: 
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     reach = first_reaching(rows)
     lines = [f"# {exp.name}: scores on the held-out region by annotation budget", "",
-             f"Mean +- sample std over seeds {', '.join(map(str, exp.seeds))} (a row of one seed: its value alone); in brackets: % of full annotation (of the same "
+             f"Mean +- sample std over the seeds each row has results for (column seeds; the sweep's: "
+             f"{', '.join(map(str, exp.seeds))}; a row of one seed: its value alone); in brackets: % of full annotation's mean (of the same "
              "pretraining where it ran both ways, else with pretraining; the pixel classifier against full annotation "
              "with pretraining). "
              f"`*`: the first budget at which F1 at IoU 0.5 reaches {100 * TARGET:.0f} % of full annotation.", ""]
     if command:
         lines += ["    " + command, ""]
-    lines += ["| strategy | pretrained | patches | % pool | " + " | ".join(names) + " |",
-              "| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    lines += ["| strategy | pretrained | patches | % pool | seeds | " + " | ".join(names) + " |",
+              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for r in rows:
         mark = " *" if reach.get((r["strategy"], r["pretrained"])) == r["budget"] else ""
         lines.append(f"| {r['strategy']}{mark} | {'yes' if r['pretrained'] else 'no'} | {r['budget']} | {r['pool_percent']:.1f} | "
+                     f"{'-' if r['strategy'].startswith('ceiling') else r['seeds']} | "
                      + " | ".join(_cell(r, n) for n in names) + " |")
     with open(paths["markdown"], "w") as fh:
         fh.write("\n".join(lines) + "\n")

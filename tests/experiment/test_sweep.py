@@ -25,7 +25,7 @@ import yaml
 from scipy import ndimage
 
 from alseg.errors import SpecError
-from alseg.experiment import budget_patches, configurations, load_experiment, restrict, run_experiment
+from alseg.experiment import Piece, budget_patches, configurations, in_folder, load_experiment, run_experiment
 from alseg.experiment.spec import ExperimentSpec
 from alseg.experiment.tables import METRICS, metric
 from alseg.io.omezarr import open_volume
@@ -182,15 +182,20 @@ def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tm
     shutil.copy(sweep / "alseg-experiment.json", moved)  # the folder's owner: the experiment's name
     shutil.rmtree(sweep)
     said.clear()
-    piece = restrict(more, folder=str(moved), seeds=[0, 1], budgets=[1, 2, 3])
-    again = run_experiment(piece, base, say=said.append, progress=False)
-    assert any("(14 done before)" in line for line in said) and again["baselines"] == out["baselines"]
+    moved_exp = in_folder(more, str(moved))
+    again = run_experiment(moved_exp, base, say=said.append, progress=False, piece=Piece(seeds=(0, 1), budgets=(1, 2, 3)))
+    assert any("14 configurations (14 done before, a piece of the sweep's 14)" in line for line in said), said[:2]
+    assert again["baselines"] == out["baselines"]
     assert not (moved / "shared").exists() and not (moved / "runs").exists()
     assert (moved / "tables" / "budgets.csv").read_text() == table
     said.clear()
-    run_experiment(restrict(more, folder=str(moved), seeds=[1], budgets=[2], strategies=["random"]), base, say=said.append,
-                   progress=False)
-    assert any("2 configurations (2 done before)" in line for line in said), said[:2]
+    # a smaller piece (one seed, budget and strategy, and that seed's full annotation) writes the tables of
+    # every stored result, not of its own two
+    (moved / "tables" / "budgets.csv").unlink()
+    out = run_experiment(moved_exp, base, say=said.append, progress=False,
+                         piece=Piece(seeds=(1,), budgets=(2,), strategies=("random",)))
+    assert any("2 configurations (2 done before, a piece of the sweep's 14)" in line for line in said), said[:2]
+    assert len(out["results"]) == 14 and (moved / "tables" / "budgets.csv").read_text() == table
 
 
 @pytest.mark.slow
@@ -226,6 +231,39 @@ def test_the_example_experiment_specs_are_valid():
     for path in found:
         exp, base = load_experiment(path)
         assert base.patches.holdout is not None and base.input.ground_truth, path
+
+
+def test_a_piece_is_the_whole_sweeps_configurations_that_match(tmp_path):
+    """A piece never makes a smaller sweep: a strategy run alone keeps the shared upstream folder and
+    pixel-classifier runs the whole sweep gives it (a smaller sweep would name another shared job and
+    redo its seed's pseudo-labels and pretraining)."""
+    path = _experiment(tmp_path, strategies=[{"selection": {"method": "kcenter", "n_initial": 1}, "embedding_source": "mae"},
+                                             {"selection": {"method": "kcenter", "n_initial": 1}},
+                                             {"selection": {"method": "random"}}],
+                       pretraining=[True, False], scratch_budgets=[2])
+    exp, base = load_experiment(path)
+    whole = configurations(exp, base)
+    pieces = [Piece(strategies=("random",)), Piece(seeds=(1,), budgets=(2,), pretraining=(False,)),
+              Piece(strategies=("kcenter",), budgets=(1,)), Piece(strategies=("full",), seeds=(0,))]
+    for piece in pieces:
+        got = configurations(exp, base, piece)
+        want = [c for c in whole if (piece.seeds is None or c.seed in piece.seeds)
+                and (piece.pretraining is None or c.pretrained in piece.pretraining)
+                and (c.strategy == "full" or ((piece.strategies is None or c.strategy in piece.strategies)
+                                              and (piece.budgets is None or c.budget in piece.budgets)))]
+        assert got and got == want, piece
+    alone = {c.key: c for c in configurations(exp, base, Piece(strategies=("random",)))}
+    assert {c.shared for c in alone.values()} == {c.shared for c in whole if c.strategy.startswith("kcenter-mae")}, \
+        "the whole sweep's first shared folder per seed"
+    assert [c.key for c in configurations(exp, base, pieces[3])] == ["full__b0009__pre__s0"]
+    assert all(c.forest == (c.pretrained and c.strategy != "full") for c in whole)
+    for bad, match in ((Piece(seeds=(5,)), "seeds \\[5\\] are not in"), (Piece(budgets=(3,)), "budgets \\[3\\]"),
+                       (Piece(strategies=("entropy",)), "strategies \\['entropy'\\]")):
+        with pytest.raises(SpecError, match=match):
+            configurations(exp, base, bad)
+    with pytest.raises(SpecError, match="names no configuration"):
+        run_experiment(exp, base, piece=Piece(budgets=(1,), pretraining=(False,), strategies=("random",)), say=lambda m: None)
+    assert not (tmp_path / "sweep").exists(), "checked before the folder is made"
 
 
 def test_strategies_that_need_the_pretrained_model_run_with_pretraining_only(tmp_path):
