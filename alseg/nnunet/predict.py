@@ -65,8 +65,8 @@ class _PredictJob:
 
 @dataclass(frozen=True)
 class _TileJob:
-    """A block of the global-tiling mode: the tiles whose start lies in it, plus what its lower
-    neighbours' tiles left in it (their overhang pieces)."""
+    """A block of global tiling's first phase: the tiles whose start lies in it (see
+    :func:`predict_volume`)."""
 
     image: str
     level: int
@@ -80,18 +80,41 @@ class _TileJob:
     missing_chunks: str = "error"
 
 
+@dataclass(frozen=True)
+class _SeamJob:
+    """A block of global tiling's second phase: its seam (what lower neighbours' tiles reach) summed
+    from its own piece and theirs; no model."""
+
+    classes: str
+    probability: str | None
+    block: Block
+    steps: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    patch: tuple[int, int, int]
+    pieces: str
+
+
 def _piece_path(folder: str, index: Sequence[int], d: Sequence[int]) -> str:
+    """The piece block ``index`` receives from its neighbour ``index - d`` (``d`` 000: its own seam)."""
     return os.path.join(folder, "b_" + "_".join(map(str, index)), "d" + "".join(map(str, d)) + ".npz")
 
 
-def _write(job, logits: np.ndarray) -> dict[str, Any]:
+def _save(path: str, **arrays: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write(job, logits: np.ndarray, box: Box | None = None) -> dict[str, Any]:
+    """Classes (and the foreground probability) of ``logits`` into ``box`` (default: the block's write region)."""
     from alseg.io.omezarr import open_volume
 
+    box = job.block.write if box is None else box
     classes = logits.argmax(0).astype(np.uint8)
     if job.probability is not None:
         e = np.exp(logits - logits.max(0, keepdims=True))
-        open_volume(job.probability, mode="r+").write(job.block.write, (e[1] / e.sum(0)).astype(np.float32))
-    open_volume(job.classes, mode="r+").write(job.block.write, classes)
+        open_volume(job.probability, mode="r+").write(box, (e[1] / e.sum(0)).astype(np.float32))
+    open_volume(job.classes, mode="r+").write(box, classes)
     return {"foreground": int((classes == 1).sum())}
 
 
@@ -100,6 +123,63 @@ def _tiles_of(job: _TileJob):
     own = [[s for s in steps if w.start[a] <= s < w.stop[a]] for a, steps in enumerate(job.steps)]
     stop = tuple(max([w.stop[a]] + [s + job.patch[a] for s in own[a]]) for a in range(3))
     return own, stop
+
+
+def seam_depths(write: Box, steps: Sequence[Sequence[int]], patch: Sequence[int]) -> tuple[int, int, int]:
+    """Per axis: how deep into ``write`` the tiles starting before it reach (0: none). Blocks at
+    least a patch wide: only the adjacent lower block's tiles can."""
+    return tuple(min(write.shape[a], max([0] + [s + patch[a] - write.start[a] for s in steps[a] if s < write.start[a]]))
+                 for a in range(3))
+
+
+def seam_boxes(shape: Sequence[int], depth: Sequence[int]) -> list[Box]:
+    """The seam of a write region of ``shape`` as disjoint boxes (local coordinates): the slab of
+    ``depth[0]`` sections, then of ``depth[1]`` rows below it, then of ``depth[2]`` columns. The
+    rest, the box from ``depth`` to ``shape``, no lower neighbour's tile reaches."""
+    dz, dy, dx = depth
+    z, y, x = shape
+    boxes = [Box((0, 0, 0), (dz, y, x)), Box((dz, 0, 0), (z, dy, x)), Box((dz, dy, 0), (z, y, dx))]
+    return [b for b in boxes if b.size]
+
+
+def _seam(job: _SeamJob) -> dict[str, Any]:
+    """Phase 2 of global tiling: each seam box's own sums plus every lower neighbour's piece, added
+    in the order the one-pass sum used (own tiles, then the pieces by neighbour offset), divided."""
+    import itertools
+
+    w = job.block.write
+    depth = seam_depths(w, job.steps, job.patch)
+    pieces = {}
+    for d in itertools.product((0, 1), repeat=3):
+        if not any(d):
+            continue
+        expected = all(depth[a] > 0 for a in range(3) if d[a]) and all(i >= di for i, di in zip(job.block.index, d))
+        path = _piece_path(job.pieces, job.block.index, d)
+        if expected and not os.path.exists(path):
+            raise RuntimeError(f"block {job.block.key}: the overhang piece from its neighbour at offset -{d} is missing "
+                               f"({path}): its first phase did not finish")
+        if expected:
+            pieces[d] = path
+    with np.load(_piece_path(job.pieces, job.block.index, (0, 0, 0))) as own:
+        parts = [(own[f"acc{i}"], own[f"weight{i}"]) for i in range(len(seam_boxes(w.shape, depth)))]
+    loaded = {}
+    for d, path in pieces.items():
+        with np.load(path) as piece:
+            loaded[d] = (piece["acc"], piece["weight"])
+    foreground = 0
+    for box, (acc, weight) in zip(seam_boxes(w.shape, depth), parts):
+        for d, (pacc, pweight) in loaded.items():
+            inter = box.intersect(Box((0, 0, 0), pweight.shape))
+            if inter.empty:
+                continue
+            here = tuple(slice(a - b, c - b) for a, b, c in zip(inter.start, box.start, inter.stop))
+            acc[(slice(None),) + here] += pacc[(slice(None),) + inter.slices]
+            weight[here] += pweight[inter.slices]
+        if not (weight > 0).all():
+            raise RuntimeError(f"block {job.block.key}: some voxels are covered by no tile")
+        foreground += _write(job, acc / weight, Box(tuple(w.start[a] + box.start[a] for a in range(3)),
+                                                    tuple(w.start[a] + box.stop[a] for a in range(3))))["foreground"]
+    return {"foreground": foreground}
 
 
 class BlockPredictor:
@@ -129,13 +209,13 @@ class BlockPredictor:
         return _write(job, logits[(slice(None),) + b.write_in_read.slices])
 
     def tiles(self, job: _TileJob) -> dict[str, Any]:
-        """Own tiles once each, Gaussian-weighted; overhangs handed on; lower neighbours' overhangs added."""
+        """Phase 1 of global tiling: own tiles once each, Gaussian-weighted; the overhangs saved for
+        the upper neighbours and the seam's own sums for phase 2; the rest of the block written."""
         import itertools
 
         import torch
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-        from alseg.geometry import Box
         from alseg.io.omezarr import open_volume
 
         w = job.block.write
@@ -169,24 +249,23 @@ class BlockPredictor:
                 continue
             sl = tuple(slice(wshape[a], None) if d[a] else slice(0, wshape[a]) for a in range(3))
             if weight[sl].size and weight[sl].any():
-                path = _piece_path(job.pieces, target, d)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = path + ".tmp.npz"
-                np.savez(tmp, acc=acc[(slice(None),) + sl], weight=weight[sl])
-                os.replace(tmp, path)
-        # and take what the lower neighbours' tiles left here
-        inner = tuple(slice(0, n) for n in wshape)
-        acc, weight = acc[(slice(None),) + inner], weight[inner]
-        for d in itertools.product((0, 1), repeat=3):
-            path = _piece_path(job.pieces, job.block.index, d)
-            if any(d) and os.path.exists(path):
-                with np.load(path) as piece:
-                    region = tuple(slice(0, n) for n in piece["weight"].shape)
-                    acc[(slice(None),) + region] += piece["acc"]
-                    weight[region] += piece["weight"]
+                _save(_piece_path(job.pieces, target, d), acc=acc[(slice(None),) + sl], weight=weight[sl])
+        # the seam (what lower neighbours' tiles reach) waits for phase 2: its own sums are saved
+        depth = seam_depths(w, job.steps, job.patch)
+        seams = seam_boxes(wshape, depth)
+        if seams:
+            parts = {}
+            for i, box in enumerate(seams):
+                parts[f"acc{i}"], parts[f"weight{i}"] = acc[(slice(None),) + box.slices], weight[box.slices]
+            _save(_piece_path(job.pieces, job.block.index, (0, 0, 0)), **parts)
+        # the rest is final: no other block's tile reaches it
+        rest = Box(depth, wshape)
+        if rest.empty:
+            return {"foreground": 0}
+        acc, weight = acc[(slice(None),) + rest.slices], weight[rest.slices]
         if not (weight > 0).all():
             raise RuntimeError(f"block {job.block.key}: some voxels are covered by no tile")
-        return _write(job, acc / weight)
+        return _write(job, acc / weight, Box(tuple(w.start[a] + depth[a] for a in range(3)), w.stop))
 
 
 def predict_volume(
@@ -214,9 +293,13 @@ def predict_volume(
 
     ``tiling="global"`` (default): nnU-Net's sliding-window tiles are placed on the whole volume,
     as nnU-Net's own predictor places them; each tile is computed once, by the block that holds
-    its start, and the part of its Gaussian-weighted logits that reaches into the next blocks is
-    handed to them (blocks run in wavefront order: a block after its lower neighbours). The
-    result is nnU-Net's whole-array prediction; no halo is read, so nothing is computed twice.
+    its start. It runs in two phases whatever the block grid, every block of a phase independent
+    of the others: (1) each block computes its tiles, writes the part of its write region that no
+    other block's tile reaches, and saves the Gaussian-weighted sums of the rest (its *seam*, the
+    slabs along its lower faces) and of its overhang into each upper neighbour; (2) each block adds
+    its lower neighbours' overhangs to its seam in the order a one-pass sum would and writes it.
+    The result is nnU-Net's whole-array prediction; no halo is read, so nothing is computed twice,
+    and a missing overhang fails its block.
     Blocks must be at least one patch wide (or span the axis). ``tiling="halo"``: every block
     runs its own sliding window over the write region grown by ``halo`` (simpler, recomputes the
     border tiles). ``work_dir`` (needed for global tiling) holds the overhang pieces.
@@ -266,14 +349,20 @@ def predict_volume(
         steps = tuple(tuple(int(s) for s in axis) for axis in compute_steps_for_sliding_window(image.shape, patch, 0.5))
         pieces = os.path.join(work_dir, "overhangs") if work_dir else tempfile.mkdtemp(prefix="alseg-overhangs-")
         gshape = tiles_grid.grid_shape
-        results: dict[str, Any] = {}
-        for wave in range(sum(gshape) - 2):
-            results.update(run_blocks(
-                None, tiles_grid,
-                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces, missing_chunks),
-                runner=runner, work_dir=work_dir, name="predict", desc=f"nnU-Net wave {wave + 1}/{sum(gshape) - 2}",
-                worker=worker, workers=workers, resources=resources, select=lambda b, w=wave: sum(b.index) == w,
-            ))
+        # phase 1: every block its own tiles, all blocks at once (the model loaded once per worker)
+        tiled = run_blocks(
+            None, tiles_grid,
+            payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces, missing_chunks),
+            runner=runner, work_dir=work_dir, name="predict-tiles", desc="nnU-Net tiles",
+            worker=worker, workers=workers, resources=resources,
+        )
+        # phase 2: every block's seam from its own sums and its lower neighbours' overhangs (no model)
+        seams = run_blocks(
+            _seam, tiles_grid, payload=lambda b: _SeamJob(classes_url, probability_url, b, steps, patch, pieces),
+            runner=runner, work_dir=work_dir, name="predict-seams", desc="nnU-Net seams",
+            select=lambda b: bool(seam_boxes(b.write.shape, seam_depths(b.write, steps, patch))),
+        )
+        results = {k: {"foreground": r["foreground"] + seams.get(k, {}).get("foreground", 0)} for k, r in tiled.items()}
         if not work_dir:
             import shutil
 

@@ -20,7 +20,7 @@ worker), in a scratch folder:
   :func:`~alseg.pipeline.embedding.run_embed`;
 * storage: an OME-Zarr image written and read back at ``store_url`` (then removed).
 
-Rates subtract what the model counts separately (model loading per worker or wave, a training
+Rates subtract what the model counts separately (model loading per worker, a training
 process's start-up), so they are per-worker steady rates.
 """
 
@@ -298,10 +298,8 @@ def _predict(cspec: JobSpec, vshape: tuple[int, ...], folder: str, norm: Intensi
     block = tuple(min(b, s) for b, s in zip(p.block_shape_vox, vshape))
     if p.tiling == "global" and len(patch) == 3 and all(s >= q for s, q in zip(vshape, patch)):
         tiles = cnt.global_tiles(vshape, block, patch3)
-        waves = int(sum(cnt.grid_shape(vshape, block))) - 2
     else:
         tiles = cnt.halo_tiles(vshape, block, p.halo_vox, patch3)
-        waves = 1
     out_dir = st.join(cspec.run.dir, "calibration-prediction")
     work = st.join(cspec.run.dir, "work", "predict", "calibration")
 
@@ -309,11 +307,11 @@ def _predict(cspec: JobSpec, vshape: tuple[int, ...], folder: str, norm: Intensi
         predict_volume(folder, cspec.input.url, st.join(out_dir, name), norm=norm, block_shape=p.block_shape_vox,
                        halo=p.halo_vox, runner=runner, work_dir=work_dir, device=device, mirroring=p.mirroring, tiling=p.tiling)
 
-    what = f"nnU-Net prediction ({int(tiles.sum())} tiles of {patch}, {waves} wave(s), {device})"
+    what = f"nnU-Net prediction ({int(tiles.sum())} tiles of {patch}, {device})"
     # twice: the first prediction of a process also warms the network up (kernels, allocator)
     _, t_first = clock(what + ", first in this process", lambda: run("first.zarr", work + "-first"))
     _, t_pred = clock(what, lambda: run("classes.zarr", work))
-    tile_s = _steady(t_pred, waves * load_s) / float(tiles.sum())
+    tile_s = _steady(t_pred, load_s) / float(tiles.sum())  # the model loads once per prediction
     res, t_post = clock("pyramid, mask and instances",
                         lambda: run_predict(cspec, model_folder=folder, norm=norm.to_json(), runner=runner, progress=False,
                                             out_dir=out_dir, work_key="calibration"))

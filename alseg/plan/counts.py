@@ -165,28 +165,45 @@ def makespan(durations: np.ndarray, workers: int) -> float:
 
 
 @dataclass(frozen=True)
-class Waves:
-    """Global tiling's wavefront: block (i, j, k) runs after its lower neighbours, so it runs in
-    wave i + j + k; ``seconds`` is the sum over waves of each wave's schedule plus ``per_wave_s``
-    (a worker per wave starts and loads the model), ``limit_s`` the same with unlimited workers."""
+class Phases:
+    """Global tiling's two phases (``predict_volume``): every block's tiles on the model workers
+    (started once, ``per_phase_s``: start and model load), then every block's seam, each phase's
+    blocks independent; ``seconds`` with ``workers``, ``limit_s`` with unlimited workers (each
+    phase its longest block), ``efficiency``: the tiles phase's ideal time (total / workers) over
+    its schedule."""
 
     count: int
-    widest: int
     seconds: float
     limit_s: float
+    efficiency: float
 
 
-def wavefront(durations: np.ndarray, workers: int, per_wave_s: float = 0.0) -> Waves:
-    """Schedule a grid of block durations in waves of equal index sum (``predict_volume``'s order)."""
-    d = np.asarray(durations, dtype=np.float64)
-    wave = np.indices(d.shape).sum(axis=0).ravel()
-    flat = d.ravel()
-    count = int(wave.max()) + 1
-    seconds = limit = 0.0
-    widest = 0
-    for w in range(count):
-        items = flat[wave == w]
-        widest = max(widest, len(items))
-        seconds += per_wave_s + makespan(items, workers)
-        limit += per_wave_s + float(items.max())
-    return Waves(count, widest, seconds, limit)
+def two_phases(tiles_s: np.ndarray, seams_s: np.ndarray, workers: int, seam_workers: int, per_phase_s: float = 0.0) -> Phases:
+    """Schedule global tiling's phases: block durations of the tiles phase on ``workers``, of the
+    seam phase on ``seam_workers``."""
+    t = np.asarray(tiles_s, dtype=np.float64).ravel()
+    m = np.asarray(seams_s, dtype=np.float64).ravel()
+    first = makespan(t, workers)
+    seconds = per_phase_s + first + makespan(m, seam_workers)
+    limit = per_phase_s + float(t.max()) + float(m.max())
+    return Phases(2, seconds, limit, float(t.sum() / workers / first) if first > 0 else 1.0)
+
+
+def seam_voxels(shape: Sequence[int], block: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+    """Voxels of every block's seam (``predict_volume``'s second phase): the slabs along its lower
+    faces that the lower neighbours' tiles reach (nnU-Net's tile placement, as
+    :func:`alseg.nnunet.predict.seam_depths` finds it)."""
+    depths = []
+    for length, b, p in zip(shape, block, patch):
+        steps = np.asarray(sliding_steps(length, p), dtype=np.int64)
+        starts = np.arange(ceil_div(length, b), dtype=np.int64) * b
+        widths = axis_blocks(length, b)
+        d = np.zeros(len(starts), dtype=np.int64)
+        for i in range(1, len(starts)):
+            before = steps[steps < starts[i]]
+            d[i] = min(int(widths[i]), max(0, int((before + p).max()) - int(starts[i]))) if len(before) else 0
+        depths.append((d, widths))
+    (dz, wz), (dy, wy), (dx, wx) = depths
+    whole = outer(wz, wy, wx)
+    rest = outer(wz - dz, wy - dy, wx - dx)
+    return whole - rest

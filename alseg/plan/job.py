@@ -24,8 +24,9 @@ ASSUMPTIONS = [
     "serial backend: 1; linking, pyramids, masks, stitching and scoring are 1-CPU tasks",
     "Ray: a stage whose resources.<stage>.workers is unset gets as many workers as the cluster holds when it starts; "
     "the plan assumes the whole cluster is up (an autoscaling cluster starting from 0 workers is not)",
-    "global tiling: blocks run in waves (wave = i + j + k); each wave starts its workers (model load); a wave takes at "
-    "least its longest block, so prediction never drops below the wavefront limit",
+    "global tiling: two phases, each block's tiles on the model workers (started once, model load once), then each "
+    "block's seam (1-CPU tasks at the mask rate); a phase takes at least its longest block, so prediction never drops "
+    "below that limit",
     "prediction cost = nnU-Net's tiles (counted exactly) x seconds per tile, scaled by patch voxels and by network "
     "passes per tile (test-time mirroring: 8 in 3D, 4 for a 2d model, 1 without; the profile's own mirroring divided "
     "out; a mirrored pass costs a plain one); uncertainty scoring predicts without mirroring, nnU-Net's final "
@@ -87,7 +88,7 @@ class StagePlan:
     bytes_written: int = 0
     peak_memory_bytes: int | None = None
     limit_s: float | None = None
-    """The wavefront limit (prediction under global tiling): the least time any number of workers takes."""
+    """The limit (prediction under global tiling): the least time any number of workers takes."""
     basis: list[str] = field(default_factory=list)
     assumed: bool = False
     """True where the figure is a formula, not a rate ``alseg calibrate`` measured."""
@@ -166,8 +167,9 @@ class JobContext:
         self.warm = False  # the serial runner's one process has predicted before (the network is warm)
 
     def warmup_s(self) -> tuple[float, float]:
-        """Warm-up of the network ``(once, per wave)``: Ray starts new worker processes for every wave
-        (each warms up); the serial runner's one process warms up at its first prediction only."""
+        """Warm-up of the network ``(once, per start of the workers)``: Ray starts new worker
+        processes for every prediction (each warms up); the serial runner's one process warms up at
+        its first prediction only."""
         w = self.r.predict.warmup_s
         if self.backend == "ray":
             return 0.0, w

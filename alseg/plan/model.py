@@ -16,10 +16,10 @@ The model (every plan prints these; each stage also lists what its number rests 
   scoring) are one-CPU tasks; on Ray a stage without ``workers`` takes what the cluster holds when
   it starts, so the plan assumes the whole cluster is up (and warns: an autoscaling cluster that
   starts from 0 workers gives such a stage 1);
-* prediction under global tiling runs in waves (a block after its lower neighbours: wave
-  i + j + k), each wave starting its workers, which load the model; however many GPUs, a wave
-  takes at least its longest block, so the stage never drops below the sum over waves of the
-  longest block (the *wavefront limit*, printed);
+* prediction under global tiling runs in two phases (every block's tiles on the model workers,
+  which load the model once; then every block's seam, a 1-CPU task); however many GPUs, a phase
+  takes at least its longest block (the *limit*, printed, with the tiles phase's parallel
+  efficiency on 8 and 64 workers);
 * a block's prediction costs its tiles (nnU-Net's tile placement, counted exactly) times the
   seconds per tile; another patch scales the tile time with its voxels, and test-time mirroring
   with its network passes per tile (8 in 3D, 4 for a 2d model, which mirrors y and x; the
@@ -169,7 +169,7 @@ def render(plan: JobPlan) -> str:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines += [fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(r) for r in rows]
-    lines.append("  * assumed (a formula; alseg calibrate does not measure it)   limit: the wavefront limit of global tiling")
+    lines.append("  * assumed (a formula; alseg calibrate does not measure it)   limit: global tiling's, with unlimited workers")
     if plan.warnings:
         lines += ["", "warnings:"] + [f"  - {w}" for w in plan.warnings]
     lines += ["", "per stage, what the figure rests on:"]

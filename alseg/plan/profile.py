@@ -118,7 +118,7 @@ class PredictRate(_Model):
     mirroring: bool
     tiles_per_s: Positive
     tile_voxels_per_s: Positive = Field(description="tiles x patch voxels per second (scales to another patch)")
-    load_s: NonNeg = Field(description="a worker loading the model (once per wave under global tiling)")
+    load_s: NonNeg = Field(description="a worker loading the model (once per prediction)")
     warmup_s: NonNeg = Field(0.0, description="the first prediction of a process: the network warming up")
     classes: int = Field(gt=0)
 

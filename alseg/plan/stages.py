@@ -210,7 +210,7 @@ class _Predict:
     seconds: float
     blocks: int
     tiles: int
-    waves: int
+    phases: int
     limit_s: float | None
     workers: int
     read: float
@@ -220,7 +220,7 @@ class _Predict:
 
 
 def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
-    """``predict_volume``: global tiling (waves) or halo tiling (blocks meeting ``region``)."""
+    """``predict_volume``: global tiling (two phases) or halo tiling (blocks meeting ``region``)."""
     p, r = job.spec.prediction, job.r.predict
     block = tuple(min(b, s) for b, s in zip(p.block_shape_vox, job.shape))
     patch = job.patch_plan
@@ -233,19 +233,27 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
             raise SpecError(f"prediction.block_shape_vox {tuple(p.block_shape_vox)} is narrower than nnU-Net's patch "
                             f"{patch} on axes {narrow}: make blocks at least one patch wide")
         tiles = cnt.global_tiles(job.shape, block, patch)
-        once, per_wave = job.warmup_s()
-        waves = cnt.wavefront(tiles * job.tile_s, w, per_wave_s=r.load_s + per_wave)
+        once, per_start = job.warmup_s()
+        seam = cnt.seam_voxels(job.shape, block, patch)
+        seam_rate = job.r.postprocess.other_voxels_per_s
+        cpu = job.cpu_tasks()
+        phases = cnt.two_phases(tiles * job.tile_s, seam / seam_rate, w, cpu, per_phase_s=r.load_s + per_start)
         ext = cnt.outer(*[np.minimum(cnt.axis_blocks(s, b) + q, s) for s, b, q in zip(job.shape, block, patch)])
-        over = float(ext.sum() - writes.sum())
+        # overhangs and each seam's own sums: written in the first phase, read in the second
+        over = float(ext.sum() - writes.sum() + seam.sum())
         read = float(ext.sum()) * job.dtype + over * 4 * (job.classes + 1)
         written = job.voxels + over * 4 * (job.classes + 1)
         memory = int(ext.max()) * (4 + 4 * job.classes + 4)
+        eff = {n: cnt.two_phases(tiles * job.tile_s, seam / seam_rate, n, cpu).efficiency for n in (8, 64)}
         basis = [f"global tiling: {int(tiles.sum()):,} tiles of {patch} at {job.tile_s:.3f} s, {tiles.size:,} blocks in "
-                 f"{waves.count} waves (widest {waves.widest}), {w} worker(s), model load {r.load_s:.1f} s per wave",
-                 f"wavefront limit (any number of workers): {waves.limit_s:,.0f} s",
+                 f"2 phases (tiles, then seams), {w} worker(s), model load {r.load_s:.1f} s once",
+                 f"seams: {seam.sum():,.0f} voxels at {seam_rate:,.0f} vox/s per task (assumed: the mask rate), {cpu} task(s)",
+                 f"limit (any number of workers: each phase its longest block): {phases.limit_s:,.0f} s; parallel efficiency "
+                 f"of the tiles phase: {100 * phases.efficiency:.0f} % here, {100 * eff[8]:.0f} % on 8 workers, "
+                 f"{100 * eff[64]:.0f} % on 64",
                  job.mirroring_basis(job.passes, f"prediction.mirroring {p.mirroring}")]
-        return _Predict(once + waves.seconds, tiles.size, int(tiles.sum()), waves.count, once + waves.limit_s, w, read, written,
-                        memory, basis)
+        return _Predict(once + phases.seconds, tiles.size, int(tiles.sum()), phases.count, once + phases.limit_s, w, read,
+                        written, memory, basis)
     tiles = cnt.halo_tiles(job.shape, block, p.halo_vox, patch)
     chosen = np.ones(tiles.shape, bool) if region is None else cnt.blocks_meeting(job.shape, block, region)
     reads = cnt.outer(*[cnt.axis_reads(s, b, h) for s, b, h in zip(job.shape, block, p.halo_vox)])
@@ -291,8 +299,8 @@ def _predict_stage(job: JobContext, st: Stage, region: Box | None, score: bool) 
         tasks += blocks
     items = {"blocks": pred.blocks, "tiles": pred.tiles}
     if pred.limit_s is not None:
-        items["waves"] = pred.waves
-    # the wavefront limit of the whole stage: prediction at its limit, the rest as planned
+        items["phases"] = pred.phases
+    # the limit of the whole stage: prediction at its limit (unlimited workers), the rest as planned
     limit = None if pred.limit_s is None else pred.limit_s + seconds - network
     mem = pred.memory + job.r.nnunet.model_bytes
     return stage_plan(st.key, st.title, seconds, pred.workers, tasks, items=items, bytes_read=int(read), bytes_written=int(written),

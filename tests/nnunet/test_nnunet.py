@@ -18,7 +18,7 @@ from alseg.nnunet.dataset import targets
 from alseg.nnunet.predict import load_predictor, predict_volume
 from alseg.spec import TrainingSpec
 from alseg.synth import SynthParams, write_synthetic
-from nnunet_reference import assert_same_classes, whole_volume_logits
+from nnunet_reference import assert_same_classes, wavefront_logits, whole_volume_logits
 
 TINY = {"patch_size_vox": [16, 64, 64], "batch_size": 2, "n_stages": 4, "features_per_stage": [8, 16, 32, 64]}
 BOXES = [Box((z, y, x), (z + 16, y + 64, x + 64)) for z in (0, 16) for y in (0, 64) for x in (0, 64)]
@@ -162,7 +162,7 @@ def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume,
     predict_volume(folder, url, serial, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), probability_url=serial_prob)  # one block
     res = predict_volume(folder, url, ray_out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
                          runner=ray_cluster, workers=2, work_dir=str(tmp_path / "work"))
-    assert res["blocks"] == 8 and len(list((tmp_path / "work" / "predict").glob("*.json"))) == 8
+    assert res["blocks"] == 8 and len(list((tmp_path / "work" / "predict-tiles").glob("*.json"))) == 8
     classes, ps = open_volume(ray_out).read(), open_volume(serial_prob).read()
     # A Ray actor runs torch with its own thread count, and oneDNN's convolutions round differently
     # (measured: up to 4e-6 in probability; 8 serial blocks against one: 2e-7). This 2-iteration model
@@ -177,6 +177,40 @@ def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume,
     p = open_volume(prob).read()
     assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
     assert (classes[p > 0.5] == 1).all(), "a class-1 probability above one half is the argmax"
+
+
+@pytest.mark.slow
+def test_global_tiling_runs_in_two_phases_on_a_4x4x4_grid_and_equals_the_wavefront_version(tiny_model, tmp_path):
+    """Prediction's dependency chain no longer grows with the block grid: 64 blocks in two phases
+    (every block's tiles, then every block's seam), the result bit for bit the wavefront order's."""
+    folder, norm = tiny_model
+    url = str(tmp_path / "big.zarr")
+    write_synthetic(url, SynthParams.preset("easy", shape=(64, 256, 256), seed=5))
+    out, prob, work = str(tmp_path / "c.zarr"), str(tmp_path / "p.zarr"), tmp_path / "work"
+    res = predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
+                         work_dir=str(work))
+    assert res["blocks"] == 64
+    # two phases, whatever the grid: every block in the first, every block with a seam (all but the first) in the second
+    assert sorted(p.name for p in work.iterdir() if p.name != "overhangs") == ["predict-seams", "predict-tiles"]
+    assert len(list((work / "predict-tiles").glob("*.json"))) == 64 and len(list((work / "predict-seams").glob("*.json"))) == 63
+    predictor = load_predictor(folder)
+    logits = wavefront_logits(predictor, norm(open_volume(url).read()), (16, 64, 64))
+    classes = open_volume(out).read()
+    assert np.array_equal(classes, logits.argmax(0)), "the classes equal the wavefront version's"
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    assert np.array_equal(open_volume(prob).read(), (e[1] / e.sum(0)).astype(np.float32)), "bit for bit"
+    assert 0.01 < (classes == 1).mean() < 0.99, "a model that predicts both classes (else equality tests little)"
+    assert res["foreground_voxels"] == int((classes == 1).sum())
+    # a block whose lower neighbour's overhang is missing fails loudly instead of writing without it
+    from alseg.errors import AlsegError
+
+    piece = work / "overhangs" / "b_1_1_1" / "d100.npz"
+    assert piece.exists()
+    piece.unlink()
+    for marker in (work / "predict-seams").glob("*.json"):
+        marker.unlink()
+    with pytest.raises((RuntimeError, AlsegError), match="missing"):
+        predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(work))
 
 
 def test_prediction_refuses_another_voxel_size(volume, tiny_model, tmp_path):

@@ -75,19 +75,45 @@ def test_global_tiles_count_each_tile_once_in_the_block_of_its_start():
     assert halo.sum() > tiles.sum()  # halo tiling recomputes the border tiles
 
 
-def test_makespan_and_wavefront():
+def test_makespan_and_two_phases():
     assert cnt.makespan(np.array([4.0, 3.0, 3.0, 2.0]), 2) == 6.0  # longest first: {4, 2} and {3, 3}
     assert cnt.makespan(np.ones(10), 1) == 10.0
     assert cnt.makespan(np.ones(10), 20) == 1.0
     assert cnt.makespan(np.ones(cnt.LPT_LIMIT + 10), 7) == pytest.approx((cnt.LPT_LIMIT + 10) / 7)
-    grid = np.ones((4, 3, 2))
-    waves = cnt.wavefront(grid, 1, per_wave_s=0.5)
-    assert waves.count == sum(grid.shape) - 2  # as predict_volume runs them
-    assert waves.seconds == grid.sum() + 0.5 * waves.count
-    wide = cnt.wavefront(grid, waves.widest, per_wave_s=0.5)
-    assert wide.seconds == wide.limit_s == waves.count * 1.5
+    tiles, seams = np.ones((4, 3, 2)), np.full((4, 3, 2), 0.25)
+    one = cnt.two_phases(tiles, seams, 1, 1, per_phase_s=0.5)
+    assert one.count == 2 and one.seconds == 0.5 + tiles.sum() + seams.sum() and one.efficiency == 1.0
+    wide = cnt.two_phases(tiles, seams, tiles.size, tiles.size, per_phase_s=0.5)
+    assert wide.seconds == wide.limit_s == 0.5 + 1 + 0.25, "with a worker per block: one block per phase"
+    assert cnt.two_phases(tiles, seams, 5, 2).efficiency == pytest.approx(24 / 5 / 5)  # 24 blocks on 5: 5 rounds
     previous = np.inf
-    for w in range(1, 10):
-        now = cnt.wavefront(grid, w, per_wave_s=0.5).seconds
-        assert wide.limit_s <= now <= previous
+    for w in range(1, 30):
+        now = cnt.two_phases(tiles, seams, w, 2).seconds
+        assert wide.limit_s - 0.5 <= now <= previous
         previous = now
+
+
+def test_seam_voxels_are_the_voxels_other_blocks_tiles_reach():
+    """Brute force over nnU-Net's tiles: a voxel is in its block's seam when a tile that starts in
+    another block covers it; both the plan's count and the predictor's seam boxes must say so."""
+    from alseg.geometry import BlockGrid
+    from alseg.nnunet.predict import seam_boxes, seam_depths
+
+    shape, block, patch = (50, 300, 270), (20, 128, 100), (16, 64, 64)
+    steps = [cnt.sliding_steps(s, p) for s, p in zip(shape, patch)]
+    owner = [np.arange(n) // b for n, b in zip(shape, block)]
+    foreign = np.zeros(shape, bool)
+    for start in itertools.product(*steps):
+        o = [s // b for s, b in zip(start, block)]
+        sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
+        mine = (owner[0][sl[0]] == o[0])[:, None, None] & (owner[1][sl[1]] == o[1])[None, :, None] & (owner[2][sl[2]] == o[2])[None, None, :]
+        foreign[sl] |= ~mine
+    counted = cnt.seam_voxels(shape, block, patch)
+    for b in BlockGrid(shape, block, 0):
+        want = foreign[b.write.slices]
+        mask = np.zeros(b.write.shape, bool)
+        for box in seam_boxes(b.write.shape, seam_depths(b.write, steps, patch)):
+            assert not mask[box.slices].any(), "disjoint boxes"
+            mask[box.slices] = True
+        assert np.array_equal(mask, want), b.index
+        assert counted[b.index] == want.sum(), b.index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def test_mitoem_on_8_gpus_in_under_5_s_with_independent_counts():
     pb = spec.prediction.block_shape_vox
     gz, gy, gx = ceil(1000, pb[0]), ceil(4096, pb[1]), ceil(4096, pb[2])
     assert stages["predict"]["items"]["blocks"] == gz * gy * gx == 256
-    assert stages["predict"]["items"]["waves"] == gz + gy + gx - 2  # predict_volume's waves
+    assert stages["predict"]["items"]["phases"] == 2  # predict_volume's, whatever the grid
     # tiles: nnU-Net's own placement at the plan's patch (the default profile's: nnU-Net's plan for MitoEM)
     patch = default_profile().rates.predict.patch_vox
     steps = compute_steps_for_sliding_window(SHAPE, patch, 0.5)
@@ -70,7 +71,7 @@ def test_mitoem_on_8_gpus_in_under_5_s_with_independent_counts():
                                                                   f"evaluate-{r:02d}"]
     assert plan["total_seconds"] == pytest.approx(sum(s["seconds"] for s in plan["stages"]))
     assert plan["profile_assumed"] and any("ASSUMPTION" in w for w in plan["warnings"])
-    assert any("wave" in a for a in plan["assumptions"])
+    assert any("two phases" in a for a in plan["assumptions"])
 
 
 def test_dtype_doubles_the_bytes():
@@ -81,7 +82,7 @@ def test_dtype_doubles_the_bytes():
     assert two.stage("embed").bytes_read == 2 * one.stage("embed").bytes_read
 
 
-def test_scaling_halves_parallel_stages_down_to_the_wavefront_limit_never_below():
+def test_scaling_halves_parallel_stages_down_to_the_limit_never_below():
     spec = load_spec(MITOEM)
     profile = default_profile()
     plans = {n: project(spec, SHAPE, Cluster(n, 1, 16), profile) for n in (1, 2, 4, 8, 16, 32, 64, 128)}
@@ -97,9 +98,13 @@ def test_scaling_halves_parallel_stages_down_to_the_wavefront_limit_never_below(
         # nnU-Net training runs in one process on one device: more GPUs do not shorten it
         assert plan.stage("pretrain").seconds == pytest.approx(plans[1].stage("pretrain").seconds)
     assert plans[2].stage("predict").seconds < 0.6 * plans[1].stage("predict").seconds
-    widest = 16  # the widest wave of 16 x 4 x 4 blocks
-    assert plans[128].stage("predict").seconds == pytest.approx(plans[128].stage("predict").limit_s, rel=1e-6)
-    assert plans[32].stage("predict").seconds == pytest.approx(plans[128].stage("predict").seconds, rel=0.05), widest
+    # 256 blocks in two phases: the network's time keeps falling with the GPUs (under the wavefront of
+    # 16 x 4 x 4 blocks, 32 GPUs did no better than 16, and 8 reached at most 84 % of ideal)
+    net = {n: p.stage("predict").seconds for n, p in plans.items()}
+    assert net[64] < 0.75 * net[32] and net[32] < 0.75 * net[16], net
+    basis = " ".join(plans[8].stage("predict").basis)
+    eff8, eff64 = (int(v) for v in re.search(r"(\d+) % on 8 workers, (\d+) % on 64", basis).groups())
+    assert eff8 >= 90 and eff64 >= 50, basis
     assert plans[1].total_seconds > plans[8].total_seconds > plans[128].total_seconds
 
 
