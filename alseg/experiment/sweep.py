@@ -172,6 +172,7 @@ def configurations(exp: ExperimentSpec, base: JobSpec, piece: Piece | None = Non
     pool = pool_size(base)
     if piece is not None:
         piece.check(exp, pool)
+        return [c for c in configurations(exp, base) if piece.admits(c.strategy, c.budget, c.pretrained, c.seed, pool)]
     budgets = sorted({budget_patches(b, pool) for b in exp.budgets})
     scratch = budgets if exp.scratch_budgets is None else sorted({budget_patches(b, pool) for b in exp.scratch_budgets})
     out: list[Config] = []
@@ -184,8 +185,6 @@ def configurations(exp: ExperimentSpec, base: JobSpec, piece: Piece | None = Non
                 todo.append((FULL, pool))
             for strategy, budget in todo:
                 name = strategy_name(strategy)
-                if piece is not None and not piece.admits(name, budget, pre, seed, pool):
-                    continue
                 key = f"{name}__b{budget:04d}__{'pre' if pre else 'scratch'}__s{seed}"
                 spec = _job(base, os.path.join(root, "runs", key), seed, {**strategy.selection, "budget": budget},
                             source=strategy.embedding_source, pretrained=pre, serial=exp.parallel == "ray",
@@ -342,8 +341,9 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
     """Per seed: the pretrained model alone and the pseudo-labels alone; once: the ceiling. Each is
     cached in its own file under ``baselines/`` (keyed by what decides it), so adding a seed, or
     restoring an earlier session's files, computes only what is new; ``baselines.json`` is the
-    assembled view. Only the ``seeds`` given (None: all) are computed where missing (a piece's:
-    their shared upstream exists); the others are read where cached and left out where not."""
+    assembled view. Only the ``seeds`` given (None: all) are computed where missing, and only where
+    the seed's shared upstream is there (a piece's results may have been carried without it); the
+    others are read where cached and left out where not."""
     from alseg.experiment.baselines import ceiling_scores, pseudolabel_scores
 
     root = _local(exp.dir)
@@ -371,7 +371,8 @@ def seed_baselines(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
     for seed in exp.seeds:
         sig = digest({"base": base.job_digest(), "seed": seed, "baselines": sorted(exp.baselines),
                       "pretraining": any(exp.pretraining)})
-        row = cached(f"seed-{seed}.json", sig, None if seeds is not None and seed not in seeds else lambda seed=seed: seed_row(seed))
+        computable = (seeds is None or seed in seeds) and os.path.isdir(next(iter(shared_dirs(exp, base, seed).values())))
+        row = cached(f"seed-{seed}.json", sig, (lambda seed=seed: seed_row(seed)) if computable else None)
         if row is not None:
             out["seeds"][str(seed)] = row
     if "ceiling" in exp.baselines:
@@ -394,17 +395,19 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
     from alseg.experiment.tables import write_tables
 
     every = configurations(exp, base)  # checks everything before the folder is made
-    configs = every if piece is None else configurations(exp, base, piece)
+    pool = pool_size(base)
+    if piece is not None:
+        piece.check(exp, pool)
+    configs = every if piece is None else [c for c in every if piece.admits(c.strategy, c.budget, c.pretrained, c.seed, pool)]
     if not configs:
         raise SpecError(f"the piece names no configuration of experiment {exp.name!r} (a scratch budget or pretraining "
                         "it does not run?): alseg experiment --dry-run lists them")
     own_folder(exp)
-    pool = pool_size(base)
     done = {c.key: r for c in every if (r := read_result(exp, c)) is not None}
     todo = [c for c in configs if c.key not in done]
     of = "" if piece is None else f", a piece of the sweep's {len(every)}"
-    say(f"experiment {exp.name}: {len(configs)} configurations ({sum(c.key in done for c in configs)} done before{of}), "
-        f"pool of {pool} patches")
+    before = sum(c.key in done for c in configs)
+    say(f"experiment {exp.name}: {len(configs)} configurations ({before} done before{of}), pool of {pool} patches")
     for seed in sorted({c.seed for c in todo}):
         run_shared(exp, base, seed, say=say, progress=progress, needed={c.shared for c in todo if c.seed == seed})
     t0 = time.perf_counter()
@@ -430,7 +433,7 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
             elapsed = time.perf_counter() - t0
             left = elapsed / (i + 1) * (len(todo) - i - 1)
             f1 = (res.get("scores") or {}).get("at", {}).get("0.5", {}).get("f1")
-            say(f"configuration {len(done)}/{len(configs)} done: {c.key} (F1@0.5 {f1 if f1 is None else round(f1, 3)}, "
+            say(f"configuration {before + i + 1}/{len(configs)} done: {c.key} (F1@0.5 {f1 if f1 is None else round(f1, 3)}, "
                 f"{res['wall_s']:.0f} s); about {left / 60:.0f} min left")
     baselines = seed_baselines(exp, base, say=say, seeds=None if piece is None else {c.seed for c in configs})
     results = [done[c.key] for c in every if c.key in done]

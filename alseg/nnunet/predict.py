@@ -132,6 +132,19 @@ def seam_depths(write: Box, steps: Sequence[Sequence[int]], patch: Sequence[int]
                  for a in range(3))
 
 
+def expected_pieces(write: Box, steps: Sequence[Sequence[int]], patch: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The offsets ``d`` (in ``itertools.product`` order) of the lower neighbours ``index - d``
+    whose tiles reach into ``write``: on every axis where ``d`` is 1 its tiles reach this far
+    (seam depth > 0), and on the others it has tiles at all (a block narrower than the patch at the
+    volume's far edge holds no tile start: nnU-Net's last tile starts before it)."""
+    import itertools
+
+    depth = seam_depths(write, steps, patch)
+    has = [any(write.start[a] <= s < write.stop[a] for s in steps[a]) for a in range(3)]
+    return [d for d in itertools.product((0, 1), repeat=3)
+            if any(d) and all(depth[a] > 0 if d[a] else has[a] for a in range(3))]
+
+
 def seam_boxes(shape: Sequence[int], depth: Sequence[int]) -> list[Box]:
     """The seam of a write region of ``shape`` as disjoint boxes (local coordinates): the slab of
     ``depth[0]`` sections, then of ``depth[1]`` rows below it, then of ``depth[2]`` columns. The
@@ -145,21 +158,15 @@ def seam_boxes(shape: Sequence[int], depth: Sequence[int]) -> list[Box]:
 def _seam(job: _SeamJob) -> dict[str, Any]:
     """Phase 2 of global tiling: each seam box's own sums plus every lower neighbour's piece, added
     in the order the one-pass sum used (own tiles, then the pieces by neighbour offset), divided."""
-    import itertools
-
     w = job.block.write
     depth = seam_depths(w, job.steps, job.patch)
     pieces = {}
-    for d in itertools.product((0, 1), repeat=3):
-        if not any(d):
-            continue
-        expected = all(depth[a] > 0 for a in range(3) if d[a]) and all(i >= di for i, di in zip(job.block.index, d))
+    for d in expected_pieces(w, job.steps, job.patch):
         path = _piece_path(job.pieces, job.block.index, d)
-        if expected and not os.path.exists(path):
+        if not os.path.exists(path):
             raise RuntimeError(f"block {job.block.key}: the overhang piece from its neighbour at offset -{d} is missing "
                                f"({path}): its first phase did not finish")
-        if expected:
-            pieces[d] = path
+        pieces[d] = path
     with np.load(_piece_path(job.pieces, job.block.index, (0, 0, 0))) as own:
         parts = [(own[f"acc{i}"], own[f"weight{i}"]) for i in range(len(seam_boxes(w.shape, depth)))]
     loaded = {}
@@ -349,24 +356,27 @@ def predict_volume(
         steps = tuple(tuple(int(s) for s in axis) for axis in compute_steps_for_sliding_window(image.shape, patch, 0.5))
         pieces = os.path.join(work_dir, "overhangs") if work_dir else tempfile.mkdtemp(prefix="alseg-overhangs-")
         gshape = tiles_grid.grid_shape
-        # phase 1: every block its own tiles, all blocks at once (the model loaded once per worker)
-        tiled = run_blocks(
-            None, tiles_grid,
-            payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces, missing_chunks),
-            runner=runner, work_dir=work_dir, name="predict-tiles", desc="nnU-Net tiles",
-            worker=worker, workers=workers, resources=resources,
-        )
-        # phase 2: every block's seam from its own sums and its lower neighbours' overhangs (no model)
-        seams = run_blocks(
-            _seam, tiles_grid, payload=lambda b: _SeamJob(classes_url, probability_url, b, steps, patch, pieces),
-            runner=runner, work_dir=work_dir, name="predict-seams", desc="nnU-Net seams",
-            select=lambda b: bool(seam_boxes(b.write.shape, seam_depths(b.write, steps, patch))),
-        )
-        results = {k: {"foreground": r["foreground"] + seams.get(k, {}).get("foreground", 0)} for k, r in tiled.items()}
-        if not work_dir:
-            import shutil
+        try:
+            # phase 1: every block its own tiles, all blocks at once (the model loaded once per worker)
+            tiled = run_blocks(
+                None, tiles_grid,
+                payload=lambda b: _TileJob(image_url, level, classes_url, probability_url, b, gshape, steps, patch, pieces,
+                                           missing_chunks),
+                runner=runner, work_dir=work_dir, name="predict-tiles", desc="nnU-Net tiles",
+                worker=worker, workers=workers, resources=resources,
+            )
+            # phase 2: every block's seam from its own sums and its lower neighbours' overhangs (no model)
+            seams = run_blocks(
+                _seam, tiles_grid, payload=lambda b: _SeamJob(classes_url, probability_url, b, steps, patch, pieces),
+                runner=runner, work_dir=work_dir, name="predict-seams", desc="nnU-Net seams",
+                select=lambda b: bool(seam_boxes(b.write.shape, seam_depths(b.write, steps, patch))),
+            )
+        finally:
+            if not work_dir:  # nothing to resume from: the pieces are this call's alone
+                import shutil
 
-            shutil.rmtree(pieces, ignore_errors=True)
+                shutil.rmtree(pieces, ignore_errors=True)
+        results = {k: {"foreground": r["foreground"] + seams.get(k, {}).get("foreground", 0)} for k, r in tiled.items()}
     else:
         results = run_blocks(
             None, grid, payload=lambda b: _PredictJob(image_url, level, classes_url, probability_url, b, missing_chunks),

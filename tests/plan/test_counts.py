@@ -117,3 +117,26 @@ def test_seam_voxels_are_the_voxels_other_blocks_tiles_reach():
             mask[box.slices] = True
         assert np.array_equal(mask, want), b.index
         assert counted[b.index] == want.sum(), b.index
+
+
+@pytest.mark.parametrize("shape,block,patch", [((50, 300, 270), (20, 128, 100), (16, 64, 64)),
+                                               ((40, 256, 256), (16, 64, 64), (16, 64, 64)),  # 8-section edge blocks
+                                               ((56, 200, 232), (16, 64, 64), (16, 64, 64))])
+def test_the_pieces_a_seam_waits_for_are_the_neighbours_whose_tiles_reach_it(shape, block, patch):
+    """Brute force over nnU-Net's tiles: block b gets a piece from its neighbour b - d exactly when
+    a tile starting in that neighbour covers a voxel of b (edge blocks narrower than the patch
+    hold no tile start, so neither do their neighbours along the other axes hand any on)."""
+    from alseg.geometry import BlockGrid
+    from alseg.nnunet.predict import expected_pieces
+
+    steps = [cnt.sliding_steps(s, p) for s, p in zip(shape, patch)]
+    reach: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
+    grid = cnt.grid_shape(shape, block)
+    for start in itertools.product(*steps):
+        o = tuple(s // b for s, b in zip(start, block))
+        last = tuple(min((s + p - 1) // b, g - 1) for s, p, b, g in zip(start, patch, block, grid))
+        for t in itertools.product(*[range(a, z + 1) for a, z in zip(o, last)]):
+            if t != o:
+                reach.setdefault(t, set()).add(tuple(ti - oi for ti, oi in zip(t, o)))
+    for b in BlockGrid(shape, block, 0):
+        assert set(expected_pieces(b.write, steps, patch)) == reach.get(b.index, set()), b.index
