@@ -104,6 +104,7 @@ def _mtimes(root: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 14 tiny nnU-Net trainings and 4 pretrainings: 390-500 s on cpu-2c, near the suite's 600 s
 def test_sweep_shares_upstream_resumes_after_a_kill_and_tables_match_the_runs(tmp_path):
     path = _experiment(tmp_path)
     sweep = tmp_path / "sweep"
