@@ -171,8 +171,7 @@ def configurations(exp: ExperimentSpec, base: JobSpec, piece: Piece | None = Non
     check_base(exp, base)
     pool = pool_size(base)
     if piece is not None:
-        piece.check(exp, pool)
-        return [c for c in configurations(exp, base) if piece.admits(c.strategy, c.budget, c.pretrained, c.seed, pool)]
+        return of_piece(configurations(exp, base), exp, piece, pool)
     budgets = sorted({budget_patches(b, pool) for b in exp.budgets})
     scratch = budgets if exp.scratch_budgets is None else sorted({budget_patches(b, pool) for b in exp.scratch_budgets})
     out: list[Config] = []
@@ -200,6 +199,12 @@ def configurations(exp: ExperimentSpec, base: JobSpec, piece: Piece | None = Non
                 forest = "forest" in exp.baselines and pre == exp.pretraining[0] and name != "full"
                 out.append(Config(key, name, budget, pre, seed, spec, dirs.get(source, first), forest, source is not None))
     return out
+
+
+def of_piece(every: list[Config], exp: ExperimentSpec, piece: Piece, pool: int) -> list[Config]:
+    """The configurations of the whole sweep (``every``) that ``piece`` names, after checking it."""
+    piece.check(exp, pool)
+    return [c for c in every if piece.admits(c.strategy, c.budget, c.pretrained, c.seed, pool)]
 
 
 # ------------------------------------------------------------------------------------------- #
@@ -396,9 +401,7 @@ def run_experiment(exp: ExperimentSpec, base: JobSpec, *, say: Callable[[str], N
 
     every = configurations(exp, base)  # checks everything before the folder is made
     pool = pool_size(base)
-    if piece is not None:
-        piece.check(exp, pool)
-    configs = every if piece is None else [c for c in every if piece.admits(c.strategy, c.budget, c.pretrained, c.seed, pool)]
+    configs = every if piece is None else of_piece(every, exp, piece, pool)
     if not configs:
         raise SpecError(f"the piece names no configuration of experiment {exp.name!r} (a scratch budget or pretraining "
                         "it does not run?): alseg experiment --dry-run lists them")
