@@ -27,21 +27,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
 
 from alseg.blockwise import check_aligned, run_blocks
 from alseg.errors import DataError, SpecError
 from alseg.geometry import Block, BlockGrid, Box
 from alseg.io import store as st
+from alseg.postprocess.components import LABELLERS, Labeller, label_foreground, structure
 from alseg.runtime import Runner, SerialRunner, get_shared
 
 Connectivity = Literal[6, 26]
-
-
-def structure(connectivity: int) -> np.ndarray:
-    if connectivity not in (6, 26):
-        raise SpecError(f"connectivity must be 6 or 26, got {connectivity}")
-    return ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
 
 
 class UnionFind:
@@ -137,6 +131,7 @@ class _LabelJob:
     offset: int
     connectivity: int
     threshold: float
+    labeller: Labeller
 
 
 def _label_block(job: _LabelJob) -> dict[str, Any]:
@@ -144,9 +139,7 @@ def _label_block(job: _LabelJob) -> dict[str, Any]:
     from alseg.io.omezarr import open_volume
 
     fg = open_volume(job.mask).read(job.block.write) > job.threshold
-    local = np.empty(fg.shape, dtype=np.int32)
-    ndimage.label(fg, structure=structure(job.connectivity), output=local)
-    local = local.view(np.uint32)
+    local = label_foreground(fg, job.connectivity, job.labeller)
     sizes = write_local(job.layout, job.block.write, local, job.offset)
     return {"first": job.offset + 1, "sizes": sizes}
 
@@ -312,6 +305,7 @@ def label_components(
     threshold: float = 0,
     runner: Runner | None = None,
     pyramid: bool = True,
+    labeller: Labeller = "cc3d",
 ) -> dict[str, Any]:
     """Instances of ``mask > threshold`` written to the existing label volume ``output_url``.
 
@@ -319,12 +313,15 @@ def label_components(
     objects smaller than ``min_size_vox``; ``work_dir`` holds the scratch array and the
     completion records of the three passes, so an interrupted run resumes. With ``pyramid``, the
     output's lower levels are filled too (mode downsampling), so viewers open it quickly.
+    ``labeller`` labels each block (:mod:`alseg.postprocess.components`; both give the same ids).
     """
     from alseg.io.omezarr import open_volume
 
     runner = runner or SerialRunner(progress=False)
     mask_url, output_url, work = os.fspath(mask_url), os.fspath(output_url), os.fspath(work_dir)
     structure(connectivity)
+    if labeller not in LABELLERS:
+        raise SpecError(f"labeller must be one of {', '.join(LABELLERS)}, got {labeller!r}")
     mask = open_volume(mask_url)
     out = open_volume(output_url)
     if out.shape != mask.shape:
@@ -338,7 +335,7 @@ def label_components(
     linear = {b.key: i for i, b in enumerate(grid)}
     labelled = run_blocks(
         _label_block, grid,
-        payload=lambda b: _LabelJob(mask_url, lay, b, linear[b.key] * stride, connectivity, threshold),
+        payload=lambda b: _LabelJob(mask_url, lay, b, linear[b.key] * stride, connectivity, threshold, labeller),
         runner=runner, work_dir=work, name="label", desc="label blocks",
     )
     faces = run_blocks(
