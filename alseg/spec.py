@@ -503,6 +503,9 @@ class PredictionSpec(_Blockwise):
         "global", description="global: nnU-Net's tiles placed on the whole volume, each computed once (no halo needed); "
         "halo: each block slides its own window over the block grown by halo_vox")
     mirroring: bool = False
+    tile_step: float = Field(
+        0.5, ge=0.25, le=1.0, description="nnU-Net's tile_step_size: tiles start at most this fraction of the patch apart "
+        "(0.5, nnU-Net's default; 1.0 abuts tiles: about 7x fewer for a 3D patch; costs in docs/DECISIONS.md)")
     gaussian_blending: bool = True
     output: Literal["semantic", "probabilities"] = "semantic"
 
@@ -613,7 +616,8 @@ def ground_truth_url(spec: JobSpec) -> str | None:
 # Fields added after jobs were run, with the value that does what the code did before them: left out
 # of a job's content (and of a pseudo-label signature) at that value, so that adding one does not make
 # every stored run, sweep result and pseudo-label volume stale. Any other value is content.
-NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}, "selection": {"foreground_min": None}}
+NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}, "selection": {"foreground_min": None},
+                                                 "prediction": {"tile_step": 0.5}}
 
 
 def without_neutral_additions(content: dict[str, Any], section: str | None = None) -> dict[str, Any]:

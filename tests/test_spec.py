@@ -56,6 +56,10 @@ def test_spec_is_frozen_and_hash_is_stable():
     assert spec.digest() != parse_spec(with_(MINIMAL, "run.seed", 1)).digest()
     # a default written out explicitly is the same job
     assert spec.digest() == parse_spec(with_(MINIMAL, "patches.shape_vox", [32, 512, 512])).digest()
+    # a field added after jobs were run is no content at its neutral value (stored runs stay valid), content at any other
+    assert spec.job_digest() == parse_spec(with_(MINIMAL, "prediction.tile_step", 0.5)).job_digest()
+    assert "tile_step" not in spec.job_content()["prediction"]
+    assert spec.job_digest() != parse_spec(with_(MINIMAL, "prediction.tile_step", 1.0)).job_digest()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -86,6 +90,8 @@ BAD_SPECS = [
     ("missing run dir", with_(MINIMAL, "run.dir", None), "run.dir"),
     ("credentials in URL", with_(MINIMAL, "input.url", "s3://AKIA:secret@bucket/v.zarr"), "input.url"),
     ("mask ratio out of range", with_(MINIMAL, "embedding.mask_ratio", 1.5), "embedding.mask_ratio"),
+    ("tile step above one patch", with_(MINIMAL, "prediction.tile_step", 1.5), "prediction.tile_step"),
+    ("tile step too small", with_(MINIMAL, "prediction.tile_step", 0.1), "prediction.tile_step"),
     ("simulated annotation without ground truth", with_(MINIMAL, "input.ground_truth", None), "<root>"),
     ("bad connectivity", with_(MINIMAL, "postprocess.connectivity", 8), "postprocess.connectivity"),
     ("holdout box inverted", with_(MINIMAL, "patches.holdout", {"kind": "box", "start": [5, 0, 0], "stop": [2, 9, 9]}), "patches.holdout.box"),

@@ -30,15 +30,16 @@ from alseg.runtime import Resources, Runner, SerialRunner
 
 
 def load_predictor(model_folder: str, *, device: str = "cpu", mirroring: bool = False, checkpoint: str = "checkpoint_final.pth",
-                   dirs_root: str | None = None, threads: int | None = None):
-    """nnU-Net's predictor for fold ``all`` of ``model_folder`` (alseg's trainer found through a scoped environment)."""
+                   dirs_root: str | None = None, threads: int | None = None, tile_step: float = 0.5):
+    """nnU-Net's predictor for fold ``all`` of ``model_folder`` (alseg's trainer found through a scoped
+    environment); ``tile_step`` is its ``tile_step_size``."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     if threads:
         torch.set_num_threads(threads)
     with contextlib.redirect_stdout(io.StringIO()):  # on CPU it prints that it stays on CPU
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+        predictor = nnUNetPredictor(tile_step_size=tile_step, use_gaussian=True, use_mirroring=mirroring,
                                     perform_everything_on_device=device.startswith("cuda"), device=torch.device(device),
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     if not os.path.isfile(os.path.join(model_folder, "fold_all", checkpoint)):
@@ -193,8 +194,8 @@ class BlockPredictor:
     """A trained nnU-Net, loaded once per worker, predicting blocks."""
 
     def __init__(self, model_folder: str, norm: dict[str, float], device: str = "cpu", mirroring: bool = False,
-                 checkpoint: str = "checkpoint_final.pth") -> None:
-        self.predictor = load_predictor(model_folder, device=device, mirroring=mirroring, checkpoint=checkpoint)
+                 checkpoint: str = "checkpoint_final.pth", tile_step: float = 0.5) -> None:
+        self.predictor = load_predictor(model_folder, device=device, mirroring=mirroring, checkpoint=checkpoint, tile_step=tile_step)
         self.norm = IntensityNorm(**norm)
         self._gauss: dict[tuple[int, ...], np.ndarray] = {}
 
@@ -294,6 +295,7 @@ def predict_volume(
     tiling: str = "global",
     missing_chunks: str = "error",
     region: Box | Sequence[Box] | None = None,
+    tile_step: float = 0.5,
 ) -> dict[str, Any]:
     """Predict the class map of the image into ``classes_url`` (created here on the image's grid,
     a label image of uint8 classes), block by block; resumable with ``work_dir``.
@@ -313,7 +315,9 @@ def predict_volume(
 
     ``region`` (a box or several): predict only the blocks whose write box meets it (halo tiling,
     each block with the context its halo gives; the rest of ``classes_url`` stays 0), e.g. the
-    held-out evaluation region of an active-learning round, or the patches picked for annotation."""
+    held-out evaluation region of an active-learning round, or the patches picked for annotation.
+    ``tile_step`` is nnU-Net's ``tile_step_size`` in both tilings (0.5, its default: tiles half a
+    patch apart; 1.0: abutting tiles, the fewest)."""
     import json
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
@@ -339,7 +343,9 @@ def predict_volume(
     if probability_url is not None and not os.path.exists(os.path.join(probability_url, "zarr.json")):
         create_image(probability_url, shape=image.shape, dtype="float32", chunks=grid.block_shape,
                      voxel_size_nm=image.voxel_size_nm, levels=1, name="probability")
-    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring))
+    if not 0 < tile_step <= 1:
+        raise SpecError(f"tile_step must be in (0, 1], got {tile_step}")
+    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring, "checkpoint_final.pth", float(tile_step)))
     patch = tuple(int(p) for p in plans["configurations"][configuration]["patch_size"])
     fits = len(patch) == 3 and all(s >= p for s, p in zip(image.shape, patch))
     # global tiling places 3D tiles; a 2d model predicts section by section with halo tiling
@@ -353,7 +359,7 @@ def predict_volume(
         if narrow:
             raise SpecError(f"blocks {tiles_grid.block_shape} are narrower than the patch {patch} on axes {narrow}: "
                             "make them at least one patch wide")
-        steps = tuple(tuple(int(s) for s in axis) for axis in compute_steps_for_sliding_window(image.shape, patch, 0.5))
+        steps = tuple(tuple(int(s) for s in axis) for axis in compute_steps_for_sliding_window(image.shape, patch, tile_step))
         pieces = os.path.join(work_dir, "overhangs") if work_dir else tempfile.mkdtemp(prefix="alseg-overhangs-")
         gshape = tiles_grid.grid_shape
         try:

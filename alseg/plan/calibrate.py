@@ -297,15 +297,16 @@ def _predict(cspec: JobSpec, vshape: tuple[int, ...], folder: str, norm: Intensi
     patch3 = patch if len(patch) == 3 else (1, *patch)
     block = tuple(min(b, s) for b, s in zip(p.block_shape_vox, vshape))
     if p.tiling == "global" and len(patch) == 3 and all(s >= q for s, q in zip(vshape, patch)):
-        tiles = cnt.global_tiles(vshape, block, patch3)
+        tiles = cnt.global_tiles(vshape, block, patch3, p.tile_step)
     else:
-        tiles = cnt.halo_tiles(vshape, block, p.halo_vox, patch3)
+        tiles = cnt.halo_tiles(vshape, block, p.halo_vox, patch3, p.tile_step)
     out_dir = st.join(cspec.run.dir, "calibration-prediction")
     work = st.join(cspec.run.dir, "work", "predict", "calibration")
 
     def run(name: str, work_dir: str) -> None:
         predict_volume(folder, cspec.input.url, st.join(out_dir, name), norm=norm, block_shape=p.block_shape_vox,
-                       halo=p.halo_vox, runner=runner, work_dir=work_dir, device=device, mirroring=p.mirroring, tiling=p.tiling)
+                       halo=p.halo_vox, runner=runner, work_dir=work_dir, device=device, mirroring=p.mirroring, tiling=p.tiling,
+                       tile_step=p.tile_step)
 
     what = f"nnU-Net prediction ({int(tiles.sum())} tiles of {patch}, {device})"
     # twice: the first prediction of a process also warms the network up (kernels, allocator)

@@ -112,25 +112,25 @@ def sliding_steps(size: int, tile: int, step: float = 0.5) -> list[int]:
     return [int(round(actual * i)) for i in range(n)]
 
 
-def global_tiles(shape: Sequence[int], block: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+def global_tiles(shape: Sequence[int], block: Sequence[int], patch: Sequence[int], step: float = 0.5) -> np.ndarray:
     """Tiles each block computes under global tiling: nnU-Net's tiles on the whole volume, each
     computed by the block holding its start (:func:`~alseg.nnunet.predict.predict_volume`)."""
     per_axis = []
     for s, b, p in zip(shape, block, patch):
-        starts = np.asarray(sliding_steps(s, p), dtype=np.int64)
+        starts = np.asarray(sliding_steps(s, p, step), dtype=np.int64)
         per_axis.append(np.bincount(starts // b, minlength=ceil_div(s, b)).astype(np.float64))
     return outer(*per_axis)
 
 
-def halo_tiles(shape: Sequence[int], block: Sequence[int], halo: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+def halo_tiles(shape: Sequence[int], block: Sequence[int], halo: Sequence[int], patch: Sequence[int], step: float = 0.5) -> np.ndarray:
     """Tiles each block computes under halo tiling: its own sliding window over its read region."""
-    return outer(*[np.asarray([len(sliding_steps(int(r), p)) for r in axis_reads(s, b, h)], dtype=np.float64)
+    return outer(*[np.asarray([len(sliding_steps(int(r), p, step)) for r in axis_reads(s, b, h)], dtype=np.float64)
                    for s, b, h, p in zip(shape, block, halo, patch)])
 
 
-def volume_tiles(shape: Sequence[int], patch: Sequence[int]) -> int:
+def volume_tiles(shape: Sequence[int], patch: Sequence[int], step: float = 0.5) -> int:
     """Tiles of nnU-Net's own sliding window over an array of ``shape``."""
-    return math.prod(len(sliding_steps(s, p)) for s, p in zip(shape, patch))
+    return math.prod(len(sliding_steps(s, p, step)) for s, p in zip(shape, patch))
 
 
 def mirror_passes(patch: Sequence[int], mirroring: bool) -> int:
@@ -189,13 +189,13 @@ def two_phases(tiles_s: np.ndarray, seams_s: np.ndarray, workers: int, seam_work
     return Phases(2, seconds, limit, float(t.sum() / workers / first) if first > 0 else 1.0)
 
 
-def seam_voxels(shape: Sequence[int], block: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+def seam_voxels(shape: Sequence[int], block: Sequence[int], patch: Sequence[int], step: float = 0.5) -> np.ndarray:
     """Voxels of every block's seam (``predict_volume``'s second phase): the slabs along its lower
     faces that the lower neighbours' tiles reach (nnU-Net's tile placement, as
     :func:`alseg.nnunet.predict.seam_depths` finds it)."""
     depths = []
     for length, b, p in zip(shape, block, patch):
-        steps = np.asarray(sliding_steps(length, p), dtype=np.int64)
+        steps = np.asarray(sliding_steps(length, p, step), dtype=np.int64)
         starts = np.arange(ceil_div(length, b), dtype=np.int64) * b
         widths = axis_blocks(length, b)
         d = np.zeros(len(starts), dtype=np.int64)

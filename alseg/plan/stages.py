@@ -232,9 +232,9 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
         if narrow:
             raise SpecError(f"prediction.block_shape_vox {tuple(p.block_shape_vox)} is narrower than nnU-Net's patch "
                             f"{patch} on axes {narrow}: make blocks at least one patch wide")
-        tiles = cnt.global_tiles(job.shape, block, patch)
+        tiles = cnt.global_tiles(job.shape, block, patch, p.tile_step)
         once, per_start = job.warmup_s()
-        seam = cnt.seam_voxels(job.shape, block, patch)
+        seam = cnt.seam_voxels(job.shape, block, patch, p.tile_step)
         seam_rate = job.r.postprocess.other_voxels_per_s
         cpu = job.cpu_tasks()
         phases = cnt.two_phases(tiles * job.tile_s, seam / seam_rate, w, cpu, per_phase_s=r.load_s + per_start)
@@ -245,7 +245,7 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
         written = job.voxels + over * 4 * (job.classes + 1)
         memory = int(ext.max()) * (4 + 4 * job.classes + 4)
         eff = {n: cnt.two_phases(tiles * job.tile_s, seam / seam_rate, n, cpu).efficiency for n in (8, 64)}
-        basis = [f"global tiling: {int(tiles.sum()):,} tiles of {patch} at {job.tile_s:.3f} s, {tiles.size:,} blocks in "
+        basis = [f"global tiling: {int(tiles.sum()):,} tiles of {patch} (step {p.tile_step:g}) at {job.tile_s:.3f} s, {tiles.size:,} blocks in "
                  f"2 phases (tiles, then seams), {w} worker(s), model load {r.load_s:.1f} s once",
                  f"seams: {seam.sum():,.0f} voxels at {seam_rate:,.0f} vox/s per task (assumed: the mask rate), {cpu} task(s)",
                  f"limit (any number of workers: each phase its longest block): {phases.limit_s:,.0f} s; parallel efficiency "
@@ -254,7 +254,7 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
                  job.mirroring_basis(job.passes, f"prediction.mirroring {p.mirroring}")]
         return _Predict(once + phases.seconds, tiles.size, int(tiles.sum()), phases.count, once + phases.limit_s, w, read,
                         written, memory, basis)
-    tiles = cnt.halo_tiles(job.shape, block, p.halo_vox, patch)
+    tiles = cnt.halo_tiles(job.shape, block, p.halo_vox, patch, p.tile_step)
     chosen = np.ones(tiles.shape, bool) if region is None else cnt.blocks_meeting(job.shape, block, region)
     reads = cnt.outer(*[cnt.axis_reads(s, b, h) for s, b, h in zip(job.shape, block, p.halo_vox)])
     n = int(chosen.sum())
@@ -263,7 +263,7 @@ def _predict_volume(job: JobContext, region: Box | None) -> _Predict:
     written = float(writes[chosen].sum())
     memory = int(reads.max()) * (4 + 6 * job.classes + 2)
     what = "the blocks meeting the held-out region" if region is not None else "every block"
-    basis = [f"halo tiling ({what}): {int(tiles[chosen].sum()):,} tiles of {patch} at {job.tile_s:.3f} s, {n:,} blocks, "
+    basis = [f"halo tiling ({what}): {int(tiles[chosen].sum()):,} tiles of {patch} (step {p.tile_step:g}) at {job.tile_s:.3f} s, {n:,} blocks, "
              f"{min(w, max(n, 1))} worker(s)", job.mirroring_basis(job.passes, f"prediction.mirroring {p.mirroring}")]
     return _Predict(seconds, n, int(tiles[chosen].sum()), 1, None, min(w, max(n, 1)), read, written, memory, basis)
 

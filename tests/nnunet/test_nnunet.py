@@ -180,19 +180,19 @@ def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume,
 
 
 @pytest.mark.slow
-def test_global_tiling_runs_in_two_phases_on_a_4x4x4_grid_and_equals_the_wavefront_version(tiny_model, tmp_path):
-    """Prediction's dependency chain no longer grows with the block grid: 64 blocks in two phases
+def test_global_tiling_runs_in_two_phases_on_a_3x3x3_grid_and_equals_the_wavefront_version(tiny_model, tmp_path):
+    """Prediction's dependency chain no longer grows with the block grid: 27 blocks in two phases
     (every block's tiles, then every block's seam), the result bit for bit the wavefront order's."""
     folder, norm = tiny_model
     url = str(tmp_path / "big.zarr")
-    write_synthetic(url, SynthParams.preset("easy", shape=(56, 256, 232), seed=5))  # edge blocks narrower than the patch
+    write_synthetic(url, SynthParams.preset("easy", shape=(40, 160, 150), seed=5))  # edge blocks narrower than the patch
     out, prob, work = str(tmp_path / "c.zarr"), str(tmp_path / "p.zarr"), tmp_path / "work"
     res = predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
                          work_dir=str(work))
-    assert res["blocks"] == 64
+    assert res["blocks"] == 27
     # two phases, whatever the grid: every block in the first, every block with a seam (all but the first) in the second
     assert sorted(p.name for p in work.iterdir() if p.name != "overhangs") == ["predict-seams", "predict-tiles"]
-    assert len(list((work / "predict-tiles").glob("*.json"))) == 64 and len(list((work / "predict-seams").glob("*.json"))) == 63
+    assert len(list((work / "predict-tiles").glob("*.json"))) == 27 and len(list((work / "predict-seams").glob("*.json"))) == 26
     predictor = load_predictor(folder)
     logits = wavefront_logits(predictor, norm(open_volume(url).read()), (16, 64, 64))
     classes = open_volume(out).read()
@@ -211,6 +211,39 @@ def test_global_tiling_runs_in_two_phases_on_a_4x4x4_grid_and_equals_the_wavefro
         marker.unlink()
     with pytest.raises((RuntimeError, AlsegError), match="missing"):
         predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(work))
+
+
+@pytest.mark.slow
+def test_tile_step_places_nnunets_tiles_at_that_step_in_both_tilings(volume, tiny_model, tmp_path):
+    """``prediction.tile_step`` is nnU-Net's ``tile_step_size``: the blockwise result equals the
+    whole-array reference of a predictor made with that step (its own tile placement), and the
+    plan's tile count is that placement's."""
+    from alseg.errors import SpecError
+    from alseg.plan import counts as cnt
+
+    _, url = volume
+    folder, norm = tiny_model
+    data = norm(open_volume(url).read())
+    half = whole_volume_logits(load_predictor(folder), data)
+    for step in (0.3, 1.0):
+        ref = load_predictor(folder, tile_step=step)
+        assert len(list(ref._internal_get_sliding_window_slicers(data.shape))) == cnt.volume_tiles(data.shape, (16, 64, 64), step)
+        want = whole_volume_logits(ref, data)
+        assert np.abs(want - half).max() > 1e-3, "another step blends other tiles"
+        out = str(tmp_path / f"g{step}.zarr")
+        predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(tmp_path / f"w{step}"),
+                       tile_step=step)
+        assert_same_classes(open_volume(out).read(), want)
+    # halo tiling: each block runs nnU-Net's own window (which sums in float16) at that step; one block
+    # is the whole array, so the result is nnU-Net's own prediction of it
+    one = str(tmp_path / "h.zarr")
+    predict_volume(folder, url, one, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), tiling="halo", tile_step=1.0)
+    with torch.no_grad():
+        own = ref.predict_sliding_window_return_logits(torch.from_numpy(data[None])).float().numpy().argmax(0)
+    assert np.array_equal(open_volume(one).read(), own)
+    assert cnt.volume_tiles(data.shape, (16, 64, 64), 1.0) < cnt.volume_tiles(data.shape, (16, 64, 64), 0.5)
+    with pytest.raises(SpecError, match="tile_step"):
+        predict_volume(folder, url, one, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), tile_step=0.0)
 
 
 def test_prediction_refuses_another_voxel_size(volume, tiny_model, tmp_path):
