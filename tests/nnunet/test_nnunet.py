@@ -180,19 +180,19 @@ def test_prediction_on_ray_actors_equals_serial_and_writes_probabilities(volume,
 
 
 @pytest.mark.slow
-def test_global_tiling_runs_in_two_phases_on_a_3x3x3_grid_and_equals_the_wavefront_version(tiny_model, tmp_path):
-    """Prediction's dependency chain no longer grows with the block grid: 27 blocks in two phases
+def test_global_tiling_runs_in_two_phases_on_a_4x4x4_grid_and_equals_the_wavefront_version(tiny_model, tmp_path):
+    """Prediction's dependency chain no longer grows with the block grid: 64 blocks in two phases
     (every block's tiles, then every block's seam), the result bit for bit the wavefront order's."""
     folder, norm = tiny_model
     url = str(tmp_path / "big.zarr")
-    write_synthetic(url, SynthParams.preset("easy", shape=(40, 160, 150), seed=5))  # edge blocks narrower than the patch
+    write_synthetic(url, SynthParams.preset("easy", shape=(52, 200, 200), seed=5))  # edge blocks (4 or 8 voxels) narrower than the patch
     out, prob, work = str(tmp_path / "c.zarr"), str(tmp_path / "p.zarr"), tmp_path / "work"
     res = predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
                          work_dir=str(work))
-    assert res["blocks"] == 27
+    assert res["blocks"] == 64
     # two phases, whatever the grid: every block in the first, every block with a seam (all but the first) in the second
     assert sorted(p.name for p in work.iterdir() if p.name != "overhangs") == ["predict-seams", "predict-tiles"]
-    assert len(list((work / "predict-tiles").glob("*.json"))) == 27 and len(list((work / "predict-seams").glob("*.json"))) == 26
+    assert len(list((work / "predict-tiles").glob("*.json"))) == 64 and len(list((work / "predict-seams").glob("*.json"))) == 63
     predictor = load_predictor(folder)
     logits = wavefront_logits(predictor, norm(open_volume(url).read()), (16, 64, 64))
     classes = open_volume(out).read()
