@@ -1,6 +1,6 @@
 """Blockwise nnU-Net prediction vs nnU-Net's own whole-array predictor: throughput and peak memory.
 
-    .venv/bin/python benchmarks/predict.py [--shape 48 256 256] [--block 32 128 128] [--halo 8 32 32]
+    .venv/bin/python benchmarks/predict.py [--shape 48 256 256] [--block 32 128 128] [--halo 8 32 32] [--repeats 3]
 
 Trains a tiny nnU-Net (plan overrides: patch 16 x 64 x 64, 4 stages; weights do not matter for
 speed) on a synthetic volume, then, each in its own child process (peak = the child's
@@ -11,8 +11,9 @@ speed) on a synthetic volume, then, each in its own child process (peak = the ch
   global tiling: nnU-Net's tiles on the whole volume, each computed once, overhangs handed
   between blocks; ``--tiling halo`` for the halo mode, which uses ``--halo``),
 
-and prints voxels per second and peak memory of each, their ratios, the voxel agreement of the
-two class maps, and alseg's peak memory on a volume 4x larger (z and y doubled).
+and prints voxels per second and peak memory of each (medians of ``--repeats`` runs, the two
+alternating), their ratios, the voxel agreement of the two class maps, and alseg's peak memory on a
+volume 4x larger (z and y doubled).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--block", nargs=3, type=int, default=(32, 128, 128))
     ap.add_argument("--halo", nargs=3, type=int, default=(8, 32, 32), help="halo of the halo mode")
     ap.add_argument("--tiling", choices=("global", "halo"), default="global")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians are printed")
     args = ap.parse_args()
     import numpy as np
 
@@ -79,7 +81,7 @@ def main() -> None:
     shape, block, halo = tuple(args.shape), list(args.block), list(args.halo)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; volume {shape}, blocks {tuple(block)}, tiling {args.tiling}"
           f"{' halo ' + str(tuple(halo)) if args.tiling == 'halo' else ''}; "
-          "tiny plan (patch 16 x 64 x 64, 4 stages, features 8-64), CPU, no mirroring")
+          f"tiny plan (patch 16 x 64 x 64, 4 stages, features 8-64), CPU, no mirroring; medians of {args.repeats} alternating runs")
     with tempfile.TemporaryDirectory() as tmp:
         url = os.path.join(tmp, "v.zarr")
         write_synthetic(url, SynthParams.preset("easy", shape=shape, seed=1), chunks=tuple(min(b, s) for b, s in zip(block, shape)))
@@ -90,9 +92,12 @@ def main() -> None:
         plan_and_preprocess(dirs, 1, overrides={"patch_size_vox": [16, 64, 64], "batch_size": 2, "n_stages": 4, "features_per_stage": [8, 16, 32, 64]})
         folder = train(dirs, 1, "bench", TrainingSpec(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, final_validation=False), device="cpu")
         vox = int(np.prod(shape))
-        own = child("nnunet", url, folder, os.path.join(tmp, "own.npy"), block, halo, norm.to_json())
-        ours = child("alseg", url, folder, os.path.join(tmp, "ours.zarr"), block, halo, norm.to_json(), args.tiling)
-        agree = float((np.load(os.path.join(tmp, "own.npy")) == open_volume(os.path.join(tmp, "ours.zarr")).read()).mean())
+        runs: dict[str, list[dict]] = {"nnunet": [], "alseg": []}
+        for rep in range(args.repeats):  # alternating, so drift in the machine's speed hits both
+            runs["nnunet"].append(child("nnunet", url, folder, os.path.join(tmp, "own.npy"), block, halo, norm.to_json()))
+            runs["alseg"].append(child("alseg", url, folder, os.path.join(tmp, f"ours{rep}.zarr"), block, halo, norm.to_json(), args.tiling))
+        own, ours = ({k: float(np.median([r[k] for r in rs])) for k in ("seconds", "peak_mib")} for rs in (runs["nnunet"], runs["alseg"]))
+        agree = float((np.load(os.path.join(tmp, "own.npy")) == open_volume(os.path.join(tmp, "ours0.zarr")).read()).mean())
         print(f"nnU-Net whole array : {vox / own['seconds']:10.0f} voxels/s  peak {own['peak_mib']:6.0f} MiB")
         print(f"alseg blockwise     : {vox / ours['seconds']:10.0f} voxels/s  peak {ours['peak_mib']:6.0f} MiB")
         print(f"ratios alseg/nnU-Net: throughput {own['seconds'] / ours['seconds']:.2f}x (target >= 0.9), "
@@ -100,7 +105,9 @@ def main() -> None:
         big = (shape[0] * 2, shape[1] * 2, shape[2])
         url4 = os.path.join(tmp, "v4.zarr")
         write_synthetic(url4, SynthParams.preset("easy", shape=big, seed=1), chunks=tuple(min(b, s) for b, s in zip(block, big)))
-        ours4 = child("alseg", url4, folder, os.path.join(tmp, "ours4.zarr"), block, halo, norm.to_json(), args.tiling)
+        big_runs = [child("alseg", url4, folder, os.path.join(tmp, f"big{rep}.zarr"), block, halo, norm.to_json(), args.tiling)
+                    for rep in range(args.repeats)]
+        ours4 = {k: float(np.median([r[k] for r in big_runs])) for k in ("seconds", "peak_mib")}
         print(f"alseg on {big} (4x voxels): {4 * vox / ours4['seconds']:10.0f} voxels/s  peak {ours4['peak_mib']:6.0f} MiB  "
               f"growth {ours4['peak_mib'] / ours['peak_mib'] - 1:+.1%} (target < +10%)")
 
