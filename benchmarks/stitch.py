@@ -1,6 +1,6 @@
 """Blockwise instance stitching vs whole-volume labelling: wall time and peak memory.
 
-    .venv/bin/python benchmarks/stitch.py [--shape 128 1024 1024] [--block 32 256 256] [--repeats 3] [--scale4]
+    .venv/bin/python benchmarks/stitch.py [--shape 128 1024 1024] [--block 32 256 256] [--repeats 3] [--scale4] [--ray]
 
 Four ways to label the same OME-Zarr foreground mask (26-connectivity) and write OME-Zarr labels:
 whole-volume ``scipy.ndimage.label``, whole-volume connected-components-3d (``cc3d``, what a user
@@ -9,7 +9,9 @@ block labelled by cc3d (the default) or by scipy. Each run is its own child proc
 (``ru_maxrss`` of the child, which includes everything it allocated) is measured the same way for
 all; each is run ``--repeats`` times in turn and the medians are printed with their ratios.
 With ``--scale4`` it also runs alseg on a volume 4x larger (z doubled, y doubled) and prints
-how much its peak memory grew.
+how much its peak memory grew. With ``--ray`` it also runs alseg on a local Ray cluster of 1 and of
+2 CPUs (timed after a first warm-up run in the same cluster, so worker start-up is not counted;
+Ray's workers are not the child's children, so no peak memory) and prints the speed-up.
 """
 
 from __future__ import annotations
@@ -44,12 +46,25 @@ elif mode == "cc3d":
     labels, n = cc3d.connected_components(mask, connectivity=26, out_dtype=np.uint32, binary_image=True, return_N=True)
     out = create_labels(mask_url, "cc3d", dtype="uint32", chunks=block)
     out.write(out.bounds, labels)
+elif mode.startswith("ray"):
+    from alseg.postprocess.stitch import label_components
+    from alseg.runtime import make_runner
+    runner = make_runner("ray", num_cpus=int(mode[3:]), progress=False)
+    warm = create_labels(mask_url, mode + "-warm", dtype="uint32", chunks=block)
+    label_components(mask_url, warm.url, block_shape=block, work_dir=work + "-warm", connectivity=26, runner=runner)
+    t0 = time.perf_counter()
+    out = create_labels(mask_url, mode, dtype="uint32", chunks=block)
+    n = label_components(mask_url, out.url, block_shape=block, work_dir=work, connectivity=26, runner=runner)["objects"]
+    seconds = time.perf_counter() - t0  # the timed run alone, not the cluster's shutdown
+    runner.close()
 else:
     from alseg.postprocess.stitch import label_components
     labeller = {"alseg": "cc3d", "alseg-scipy": "scipy"}[mode]
     out = create_labels(mask_url, mode, dtype="uint32", chunks=block)
     n = label_components(mask_url, out.url, block_shape=block, work_dir=work, connectivity=26, labeller=labeller)["objects"]
-print(json.dumps({"seconds": time.perf_counter() - t0, "objects": int(n)}))
+if not mode.startswith("ray"):
+    seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "objects": int(n)}))
 """
 
 
@@ -99,7 +114,8 @@ def measure(shape, block, tmp: str, modes=MODES, repeats: int = 1) -> dict:
     for _ in range(repeats):
         for mode in modes:
             work = os.path.join(tmp, f"work-{mode}{shape[0]}")
-            shutil.rmtree(work, ignore_errors=True)  # the benchmark's own scratch: a fresh run each time
+            for old in (work, work + "-warm"):  # the benchmark's own scratch: a fresh run each time
+                shutil.rmtree(old, ignore_errors=True)
             # each measurement in its own grandchild so ru_maxrss is that run's peak alone
             code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import stitch as b; "
                     f"print(json.dumps(b.run_child({mode!r}, {url!r}, '', {tuple(block)!r}, {work!r})))")
@@ -120,6 +136,7 @@ def main() -> None:
     ap.add_argument("--block", nargs=3, type=int, default=(32, 256, 256))
     ap.add_argument("--repeats", type=int, default=3, help="rounds of every mode; medians are printed")
     ap.add_argument("--scale4", action="store_true", help="also run alseg on a 4x larger volume")
+    ap.add_argument("--ray", action="store_true", help="also run alseg on a local Ray cluster of 1 and of 2 CPUs")
     args = ap.parse_args()
     shape, block = tuple(args.shape), tuple(args.block)
     n_blocks = int(np.prod([-(-s // b) for s, b in zip(shape, block)]))
@@ -137,6 +154,11 @@ def main() -> None:
         print(f"ratios alseg/cc3d whole : time {a['wall'] / c['wall']:.2f}x, peak memory {a['peak_mib'] / c['peak_mib']:.2f}x")
         print(f"ratios after imports    : alseg/scipy whole {a['work'] / s['work']:.2f}x, alseg/cc3d whole {a['work'] / c['work']:.2f}x")
         print(f"per-block labeller      : cc3d/scipy time {a['wall'] / p['wall']:.2f}x wall, {a['work'] / p['work']:.2f}x after imports")
+        if args.ray:
+            rr = measure(shape, block, tmp, modes=("ray1", "ray2"), repeats=args.repeats)
+            one, two = rr["ray1"]["work"], rr["ray2"]["work"]
+            assert rr["ray1"]["objects"] == rr["ray2"]["objects"] == a["objects"], rr
+            print(f"alseg on Ray, 1 CPU     : {one:7.2f} s after warm-up;  2 CPUs: {two:7.2f} s;  speed-up {one / two:.2f}x (target >= 1.6)")
         if args.scale4:
             big = (shape[0] * 2, shape[1] * 2, shape[2])
             r4 = measure(big, block, tmp, modes=("alseg",), repeats=args.repeats)["alseg"]
