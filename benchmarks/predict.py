@@ -100,7 +100,7 @@ def main() -> None:
         agree = float((np.load(os.path.join(tmp, "own.npy")) == open_volume(os.path.join(tmp, "ours0.zarr")).read()).mean())
         print(f"nnU-Net whole array : {vox / own['seconds']:10.0f} voxels/s  peak {own['peak_mib']:6.0f} MiB")
         print(f"alseg blockwise     : {vox / ours['seconds']:10.0f} voxels/s  peak {ours['peak_mib']:6.0f} MiB")
-        print(f"ratios alseg/nnU-Net: throughput {own['seconds'] / ours['seconds']:.2f}x (target >= 0.9), "
+        print(f"ratios alseg/nnU-Net: throughput {own['seconds'] / ours['seconds']:.2f}x (issue 18's target on CPU >= 1.3), "
               f"peak memory {ours['peak_mib'] / own['peak_mib']:.2f}x; class maps agree on {agree:.4%} of voxels")
         big = (shape[0] * 2, shape[1] * 2, shape[2])
         url4 = os.path.join(tmp, "v4.zarr")

@@ -19,6 +19,7 @@ for ``--iterations`` on the full ground truth of the lower half of an ``alseg sy
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -123,15 +124,16 @@ def main() -> None:
     from alseg.plan import counts as cnt
     from alseg.preflight import holdout_of
     from alseg.pipeline.common import input_volume
+    from alseg.runtime import SerialRunner
 
     spec = spec_of_run(args.run)
     r, model = _model(args.run, args.round)
     steps = sorted(set(args.steps) | {0.5})
+    for step in steps:  # the spec's own bounds (model_copy below does not validate)
+        type(spec.prediction).model_validate({**spec.prediction.model_dump(), "tile_step": step})
     region = holdout_of(spec, input_volume(spec).shape)
     if region is None:
         sys.exit("the run's spec has no held-out region (patches.holdout): nothing to score on")
-    import json
-
     with open(os.path.join(model["model_folder"], "plans.json")) as fh:
         patch = json.load(fh)["configurations"][spec.nnunet.configuration]["patch_size"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; run {args.run} round {r} ({spec.nnunet.configuration}, patch {patch}); "
@@ -145,8 +147,9 @@ def main() -> None:
                 sp = spec.model_copy(update={"prediction": spec.prediction.model_copy(update={"tile_step": step}),
                                              "run": spec.run.model_copy(update={"dir": run})})
                 t0 = time.perf_counter()
+                # serial, here: never the run's own Ray cluster, whatever its resources say
                 pred = run_predict(sp, model_folder=model["model_folder"], norm=model["norm"], progress=False,
-                                   work_key=f"step-{step:g}")
+                                   runner=SerialRunner(progress=False), work_key=f"step-{step:g}")
                 times[step].append(time.perf_counter() - t0)
                 got = evaluate(sp, pred["instances"], holdout_only=True)
                 if step in scores:

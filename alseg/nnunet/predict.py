@@ -29,7 +29,10 @@ from alseg.nnunet.paths import NnUNetDirs
 from alseg.runtime import Resources, Runner, SerialRunner
 
 
-def load_predictor(model_folder: str, *, device: str = "cpu", mirroring: bool = False, checkpoint: str = "checkpoint_final.pth",
+CHECKPOINT = "checkpoint_final.pth"
+
+
+def load_predictor(model_folder: str, *, device: str = "cpu", mirroring: bool = False, checkpoint: str = CHECKPOINT,
                    dirs_root: str | None = None, threads: int | None = None, tile_step: float = 0.5):
     """nnU-Net's predictor for fold ``all`` of ``model_folder`` (alseg's trainer found through a scoped
     environment); ``tile_step`` is its ``tile_step_size``."""
@@ -194,7 +197,7 @@ class BlockPredictor:
     """A trained nnU-Net, loaded once per worker, predicting blocks."""
 
     def __init__(self, model_folder: str, norm: dict[str, float], device: str = "cpu", mirroring: bool = False,
-                 checkpoint: str = "checkpoint_final.pth", tile_step: float = 0.5) -> None:
+                 checkpoint: str = CHECKPOINT, tile_step: float = 0.5) -> None:
         self.predictor = load_predictor(model_folder, device=device, mirroring=mirroring, checkpoint=checkpoint, tile_step=tile_step)
         self.norm = IntensityNorm(**norm)
         self._gauss: dict[tuple[int, ...], np.ndarray] = {}
@@ -322,6 +325,8 @@ def predict_volume(
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
 
+    if not 0 < tile_step <= 1:
+        raise SpecError(f"tile_step must be in (0, 1], got {tile_step}")
     image = open_volume(image_url, level=level)
     grid = BlockGrid(image.shape, block_shape, halo)
     regions = [region] if isinstance(region, Box) else list(region or [])
@@ -343,9 +348,7 @@ def predict_volume(
     if probability_url is not None and not os.path.exists(os.path.join(probability_url, "zarr.json")):
         create_image(probability_url, shape=image.shape, dtype="float32", chunks=grid.block_shape,
                      voxel_size_nm=image.voxel_size_nm, levels=1, name="probability")
-    if not 0 < tile_step <= 1:
-        raise SpecError(f"tile_step must be in (0, 1], got {tile_step}")
-    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring, "checkpoint_final.pth", float(tile_step)))
+    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring, CHECKPOINT, float(tile_step)))
     patch = tuple(int(p) for p in plans["configurations"][configuration]["patch_size"])
     fits = len(patch) == 3 and all(s >= p for s, p in zip(image.shape, patch))
     # global tiling places 3D tiles; a 2d model predicts section by section with halo tiling

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -14,6 +15,7 @@ from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.io.omezarr import create_label_image
 from alseg.pipeline.common import device_for, input_volume, nnunet_dirs
+from alseg.pipeline.records import field_values
 from alseg.pyramid import build_pyramid
 from alseg.rundir import claim
 from alseg.runtime import Runner
@@ -59,7 +61,7 @@ def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | 
     own = runner is None
     runner = runner or runner_from_spec(spec.resources, progress=progress)
     out_dir = out_dir or st.join(spec.run.dir, "prediction")
-    work = st.join(spec.run.dir, "work", "predict", work_key or os.path.basename(os.path.dirname(model_folder)))
+    work = st.join(spec.run.dir, "work", "predict", work_key or f"{os.path.basename(os.path.dirname(model_folder))}-{prediction_key(spec)}")
     try:
         res, device = device_for(spec.resources.prediction, spec.nnunet.device, label="resources.prediction")
         workers = spec.resources.prediction.workers or runner.capacity(res)
@@ -81,6 +83,14 @@ def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | 
     finally:
         if own:
             runner.close()
+
+
+def prediction_key(spec: JobSpec) -> str:
+    """12 hex digits of the fields that shape a prediction and its instances (``input.level``,
+    ``prediction``, ``postprocess``): block records kept under a key with it are never reused by a
+    job that predicts differently (e.g. another ``prediction.tile_step``)."""
+    fields = field_values(spec, ("input.level", "prediction", "postprocess"))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def instances_of_mask(spec: JobSpec, mask_url: str, instances_url: str, *, work_dir: str, runner: Runner) -> dict[str, Any]:

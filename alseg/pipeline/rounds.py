@@ -13,7 +13,7 @@ from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.pipeline.common import input_volume, pseudolabels_url
 from alseg.pipeline.evaluation import evaluate
-from alseg.pipeline.predict import run_predict
+from alseg.pipeline.predict import prediction_key, run_predict
 from alseg.pipeline.records import read_record
 from alseg.preflight import holdout_of, patch_grid_of
 from alseg.runtime import Runner
@@ -79,9 +79,9 @@ def run_annotation(spec: JobSpec, round_index: int, selection: dict[str, Any], *
             start = pseudolabels_url(spec)
             if model is not None:
                 out_dir = st.join(spec.run.dir, "rounds", f"round-{round_index:02d}", "start")
+                key = f"start-{round_index:02d}-{selection.get('signature_sha256', 'x')[:12]}-{prediction_key(spec)}"
                 start = run_predict(spec, model_folder=model["model_folder"], norm=model["norm"], runner=runner, progress=progress,
-                                    out_dir=out_dir, region=[box for _, box in picks],
-                                    work_key=f"start-{round_index:02d}-{selection.get('signature_sha256', 'x')[:12]}")["instances"]
+                                    out_dir=out_dir, region=[box for _, box in picks], work_key=key)["instances"]
             folder = annotate.export_round(spec, round_index, picks, start)
             raise AwaitingAnnotation(
                 f"round {round_index}: {len(picks)} patches to annotate in {st.redact(folder)} (its README.txt says how, "

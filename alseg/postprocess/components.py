@@ -5,7 +5,7 @@ in which a C-order scan first meets each component), as ``uint32``. Two labeller
 array, id for id (tests/postprocess/test_components.py checks it on random masks):
 
 - ``"cc3d"`` (the default): connected-components-3d, the maintained C++ library that nnU-Net's own
-  utilities use; 2.5-7x faster than scipy on one block here (``benchmarks/stitch.py`` measures it);
+  utilities use; several times faster than scipy on a block (``benchmarks/stitch.py`` measures it);
 - ``"scipy"``: ``scipy.ndimage.label`` with the 6- or 26-neighbourhood, the reference.
 """
 

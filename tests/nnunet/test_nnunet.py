@@ -213,6 +213,12 @@ def test_global_tiling_runs_in_two_phases_on_a_4x4x4_grid_and_equals_the_wavefro
         predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(work))
 
 
+def softmax1(logits: np.ndarray) -> np.ndarray:
+    """Class 1's probability from (classes, ...) logits."""
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    return e[1] / e.sum(0)
+
+
 @pytest.mark.slow
 def test_tile_step_places_nnunets_tiles_at_that_step_in_both_tilings(volume, tiny_model, tmp_path):
     """``prediction.tile_step`` is nnU-Net's ``tile_step_size``: the blockwise result equals the
@@ -230,17 +236,25 @@ def test_tile_step_places_nnunets_tiles_at_that_step_in_both_tilings(volume, tin
         assert len(list(ref._internal_get_sliding_window_slicers(data.shape))) == cnt.volume_tiles(data.shape, (16, 64, 64), step)
         want = whole_volume_logits(ref, data)
         assert np.abs(want - half).max() > 1e-3, "another step blends other tiles"
-        out = str(tmp_path / f"g{step}.zarr")
+        out, prob = str(tmp_path / f"g{step}.zarr"), str(tmp_path / f"p{step}.zarr")
         predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(tmp_path / f"w{step}"),
-                       tile_step=step)
+                       tile_step=step, probability_url=prob)
         assert_same_classes(open_volume(out).read(), want)
+        # the probabilities are this step's (another step's differ by far more than summation order moves them)
+        assert np.abs(open_volume(prob).read() - softmax1(want)).max() < 1e-5
+        assert np.abs(softmax1(want) - softmax1(half)).max() > 1e-3
     # halo tiling: each block runs nnU-Net's own window (which sums in float16) at that step; one block
     # is the whole array, so the result is nnU-Net's own prediction of it
-    one = str(tmp_path / "h.zarr")
-    predict_volume(folder, url, one, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), tiling="halo", tile_step=1.0)
+    one, prob = str(tmp_path / "h.zarr"), str(tmp_path / "hp.zarr")
+    predict_volume(folder, url, one, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), tiling="halo", tile_step=1.0,
+                   probability_url=prob)
     with torch.no_grad():
-        own = ref.predict_sliding_window_return_logits(torch.from_numpy(data[None])).float().numpy().argmax(0)
-    assert np.array_equal(open_volume(one).read(), own)
+        own = ref.predict_sliding_window_return_logits(torch.from_numpy(data[None])).float().numpy()
+    assert np.array_equal(open_volume(one).read(), own.argmax(0))
+    assert np.abs(open_volume(prob).read() - softmax1(own)).max() < 1e-5
+    with torch.no_grad():
+        half_own = load_predictor(folder).predict_sliding_window_return_logits(torch.from_numpy(data[None])).float().numpy()
+    assert np.abs(softmax1(own) - softmax1(half_own)).max() > 1e-3, "step 0.5 would be told apart"
     assert cnt.volume_tiles(data.shape, (16, 64, 64), 1.0) < cnt.volume_tiles(data.shape, (16, 64, 64), 0.5)
     with pytest.raises(SpecError, match="tile_step"):
         predict_volume(folder, url, one, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), tile_step=0.0)

@@ -156,3 +156,20 @@ def test_select_stage_records_diagnostics_and_reuses_the_pool_fractions(tmp_path
     # an explicit pseudo-label URL is used as given
     explicit = stage.run_select(spec, round_index=1, progress=False, pseudolabel_url=pl)
     assert explicit["diagnostics"]["picks_mean_foreground"] == pytest.approx(np.mean(picked))
+
+
+def test_prediction_key_names_what_shapes_a_prediction():
+    """Block records of `alseg predict` (and of a manual round's start labels) live under a key
+    that changes with the prediction's fields, so a job predicting differently never reuses them;
+    a field added since (tile_step) at its neutral value keeps the key stored runs used."""
+    from alseg.pipeline.predict import prediction_key
+    from alseg.spec import parse_spec
+
+    base = {"input": {"url": "/data/v.zarr", "ground_truth": "mitochondria"}, "run": {"dir": "/data/run"}}
+    key = prediction_key(parse_spec(base))
+    assert len(key) == 12 and key == prediction_key(parse_spec({**base, "prediction": {"tile_step": 0.5}}))
+    others = [{"prediction": {"tile_step": 1.0}}, {"prediction": {"mirroring": True}}, {"postprocess": {"min_size_vox": 7}},
+              {"input": {**base["input"], "level": 1}}]
+    keys = {prediction_key(parse_spec({**base, **o})) for o in others}
+    assert key not in keys and len(keys) == len(others)
+    assert prediction_key(parse_spec({**base, "selection": {"method": "random", "budget": 3}})) == key, "selection does not shape it"

@@ -36,8 +36,10 @@ def test_cc3d_gives_scipys_labels_id_for_id(connectivity):
             assert got.dtype == np.uint32 and got.shape == fg.shape, (name, labeller)
             assert np.array_equal(got, ref), (name, labeller, connectivity)
             assert int(got.max()) == n
-        # a strided (non-contiguous) view is labelled as its copy
-        assert np.array_equal(label_foreground(fg[:, ::2], connectivity), ndimage.label(fg[:, ::2], structure=structure)[0])
+        # strided, Fortran-ordered and transposed arrays are labelled in C raster order, as their C copy
+        # (cc3d scans a Fortran array in its own memory order: other ids)
+        for view in (fg[:, ::2], np.asfortranarray(fg), fg.transpose(2, 1, 0)):
+            assert np.array_equal(label_foreground(view, connectivity), ndimage.label(view, structure=structure)[0]), name
         other = ndimage.label(fg, structure=ndimage.generate_binary_structure(3, 3 if connectivity == 6 else 1))[1]
         differ += other != n
     assert differ >= 2, "the masks tell 6- from 26-connectivity apart (else this test checks one of them)"
