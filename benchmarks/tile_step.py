@@ -33,8 +33,9 @@ def _model(rundir: str, round_index: int | None) -> tuple[int, dict]:
     from alseg.io import store as st
 
     stages = st.join(rundir, "stages")
-    rounds = sorted(int(n[len("finetune-"):-len(".json")]) for n in st.listdir(stages)
-                    if n.startswith("finetune-") and n.endswith(".json"))
+    fs, path = st.filesystem(stages)
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.exists(path) else []
+    rounds = sorted(int(n[len("finetune-"):-len(".json")]) for n in names if n.startswith("finetune-") and n.endswith(".json"))
     if not rounds:
         sys.exit(f"{rundir} has no fine-tuned round (stages/finetune-NN.json): run the job first")
     r = rounds[-1] if round_index is None else round_index
