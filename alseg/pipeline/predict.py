@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -15,7 +14,7 @@ from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.io.omezarr import create_label_image
 from alseg.pipeline.common import device_for, input_volume, nnunet_dirs
-from alseg.pipeline.records import field_values
+from alseg.pipeline.records import Signature, field_values
 from alseg.pyramid import build_pyramid
 from alseg.rundir import claim
 from alseg.runtime import Runner
@@ -89,8 +88,7 @@ def prediction_key(spec: JobSpec) -> str:
     """12 hex digits of the fields that shape a prediction and its instances (``input.level``,
     ``prediction``, ``postprocess``): block records kept under a key with it are never reused by a
     job that predicts differently (e.g. another ``prediction.tile_step``)."""
-    fields = field_values(spec, ("input.level", "prediction", "postprocess"))
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Signature(field_values(spec, ("input.level", "prediction", "postprocess")), {}).sha[:12]
 
 
 def instances_of_mask(spec: JobSpec, mask_url: str, instances_url: str, *, work_dir: str, runner: Runner) -> dict[str, Any]:
