@@ -2,18 +2,23 @@
 
 Three passes through the blockwise engine, each resumable:
 
-1. **label**: every block labels its own foreground (6- or 26-connectivity) into a scratch array
-   of local ids ``1..n`` (uint32); its provisional global ids are the local ones plus an offset
+1. **label**: every block labels its own foreground (6- or 26-connectivity), local ids ``1..n``;
+   its provisional global ids are the local ones plus an offset
    (``block index x block voxels``, so no coordination is needed). It also copies the global ids
    of its faces that touch other blocks into thin *plane* arrays (one per axis, holding only the
    two voxel planes on either side of every block boundary) and returns its component sizes;
-2. **faces**: for every boundary between blocks, the two planes (grown by one voxel in-plane for
-   26-connectivity, so neighbours across block edges and corners are seen) give pairs of
-   provisional ids that touch; a union-find in the driver merges them. This pass reads only the
-   plane arrays, a small fraction of the volume;
+2. **faces**: for every boundary between blocks, the two planes give pairs of provisional ids
+   that touch (for 26-connectivity across block edges and corners too); a union-find in the
+   driver merges them. This pass reads only the plane arrays, a small fraction of the volume, in
+   strips of whole planes (:func:`_strip_axes`);
 3. **relabel**: merged objects get consecutive ids (ordered by their smallest provisional id, so
    the numbering is deterministic), objects smaller than ``min_size_vox`` *after merging* become
    background, and every block maps its local ids through a lookup table into the output.
+
+Connected components label a block again in the relabel pass (the labeller is deterministic and
+takes a fraction of the time zarr takes to store and read back a block of uint32 ids); a slow
+per-block segmentation (the pseudo-labeller's) stores its local ids instead, in a scratch array
+(:meth:`Layout.create` with ``local=True``, :func:`write_local`).
 
 The driver holds only per-object tables (sizes, merges, the id map), never voxel data.
 """
@@ -102,18 +107,20 @@ class Layout:
         return tuple(chunks)
 
     @classmethod
-    def create(cls, work: str, shape: Sequence[int], block_shape: Sequence[int]) -> Layout:
+    def create(cls, work: str, shape: Sequence[int], block_shape: Sequence[int], *, local: bool = True) -> Layout:
         """The scratch arrays of a run (kept when an interrupted run left them; refused when they
-        belong to another geometry)."""
+        belong to another geometry); ``local``: with the array of per-block labels."""
         if int(np.prod(block_shape)) >= 2**31:
             raise SpecError(f"blocks of {tuple(block_shape)} voxels are too large to label (at most 2**31 - 1 voxels per block)")
         lay = cls(work, tuple(int(s) for s in shape), tuple(int(b) for b in block_shape))  # type: ignore[arg-type]
-        _create_scratch(lay.local, lay.shape, lay.block_shape, "uint32")
+        if local:
+            _create_scratch(lay.local, lay.shape, lay.block_shape, "uint32")
         for axis in range(3):
             if lay.boundaries(axis) > 0:
                 _create_scratch(lay.planes(axis), lay.plane_shape(axis), lay.plane_chunks(axis), "uint64")
                 lay.open_planes(axis, "r")  # a work directory left by another geometry fails here, not in workers
-        lay.open_local("r")
+        if local:
+            lay.open_local("r")
         return lay
 
     def open_local(self, mode: str):
@@ -124,29 +131,39 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class _LabelJob:
+class Components:
+    """How a block's local ids come about: connected components of ``mask > threshold``."""
+
     mask: str
-    layout: Layout
-    block: Block
-    offset: int
     connectivity: int
     threshold: float
     labeller: Labeller
 
+    def labels(self, box: Box) -> np.ndarray:
+        from alseg.io.omezarr import open_volume
+
+        return label_foreground(open_volume(self.mask).read(box) > self.threshold, self.connectivity, self.labeller)
+
+
+@dataclass(frozen=True)
+class _LabelJob:
+    source: Components
+    layout: Layout
+    block: Block
+    offset: int
+
 
 def _label_block(job: _LabelJob) -> dict[str, Any]:
-    """Label one block; keep its labels and the global ids on its faces that touch other blocks."""
-    from alseg.io.omezarr import open_volume
-
-    fg = open_volume(job.mask).read(job.block.write) > job.threshold
-    local = label_foreground(fg, job.connectivity, job.labeller)
-    sizes = write_local(job.layout, job.block.write, local, job.offset)
+    """Label one block; keep the global ids on its faces that touch other blocks (the relabel pass
+    labels the block again)."""
+    local = job.source.labels(job.block.write)
+    sizes = write_local(job.layout, job.block.write, local, job.offset, keep=False)
     return {"first": job.offset + 1, "sizes": sizes}
 
 
-def write_local(lay: Layout, box: Box, local: np.ndarray, offset: int) -> list[int]:
-    """Store a block's local ids ``1..n`` (uint32) and the global ids (``local + offset``) of its faces
-    that touch other blocks; returns the voxel count of each local id."""
+def write_local(lay: Layout, box: Box, local: np.ndarray, offset: int, *, keep: bool = True) -> list[int]:
+    """Store the global ids (``local + offset``) of a block's faces that touch other blocks and, with
+    ``keep``, its local ids ``1..n`` (uint32); returns the voxel count of each local id."""
     # faces first: the local labels are the completion of this block, written last
     for axis in range(3):
         row = box.start[axis] // lay.block_shape[axis]
@@ -157,14 +174,14 @@ def write_local(lay: Layout, box: Box, local: np.ndarray, offset: int) -> list[i
             ends.append((box.shape[axis] - 1, 2 * row))
         if not ends:
             continue
-        planes = lay.open_planes(axis, "r+")
-        for src, dst in ends:
-            face = np.take(local, [src], axis=axis).astype(np.uint64)
-            face[face > 0] += np.uint64(offset)
-            sel = list(box.slices)
-            sel[axis] = slice(dst, dst + 1)
-            planes[tuple(sel)] = face
-    lay.open_local("r+")[box.slices] = local
+        # the block's two ends go to planes 2 row - 1 and 2 row, next to each other: one write
+        faces = np.take(local, [src for src, _ in ends], axis=axis).astype(np.uint64)
+        faces[faces > 0] += np.uint64(offset)
+        sel = list(box.slices)
+        sel[axis] = slice(ends[0][1], ends[-1][1] + 1)
+        lay.open_planes(axis, "r+")[tuple(sel)] = faces
+    if keep:
+        lay.open_local("r+")[box.slices] = local
     n = int(local.max()) if local.size else 0
     return [int(c) for c in np.bincount(local.ravel(), minlength=n + 1)[1:]]
 
@@ -174,20 +191,41 @@ class _FaceJob:
     layout: Layout
     block: Block
     connectivity: int
+    axes: tuple[int, ...]  # the boundaries whose strip this block's job takes (see _strip_axes)
+
+
+def _strip_axes(block: Block, lay: Layout) -> tuple[int, ...]:
+    """The faces pass works in *strips*: the boundary after z row ``i`` is cut into strips along y (one
+    per block row ``j``, all of x), taken by block ``(i, j, 0)``; the boundary after y row ``j`` into
+    strips along z, also taken by block ``(i, j, 0)``; the boundary after x column ``k`` into strips
+    along z, taken by block ``(i, 0, k)``. A strip spans whole planes in its other direction, so it
+    decodes each plane chunk it covers once (grown by one voxel on one side, a second row of chunks),
+    where a block's own faces grown in-plane would decode up to nine."""
+    grid = [-(-n // b) for n, b in zip(lay.shape, lay.block_shape)]
+    iz, iy, ix = block.index
+    axes = []
+    if ix == 0 and iz < grid[0] - 1:
+        axes.append(0)
+    if ix == 0 and iy < grid[1] - 1:
+        axes.append(1)
+    if iy == 0 and ix < grid[2] - 1:
+        axes.append(2)
+    return tuple(axes)
 
 
 def _face_pairs(job: _FaceJob) -> dict[str, Any]:
-    """Pairs of provisional ids touching across the block's upper faces (edges and corners included
-    for 26-connectivity: the planes are read grown by one voxel in-plane)."""
+    """Pairs of provisional ids touching across the boundary strips this block's job takes
+    (:func:`_strip_axes`); for 26-connectivity across edges and corners too: a strip is read grown by
+    one voxel towards the strip before it, and pairs across its far side are that of the next strip."""
     lay, box = job.layout, job.block.write
     pairs: set[tuple[int, int]] = set()
     grow = 1 if job.connectivity == 26 else 0
-    for axis in range(3):
-        if box.stop[axis] >= lay.shape[axis]:
-            continue
+    along = {0: 1, 1: 0, 2: 0}  # the direction each boundary's strips are cut in
+    for axis in job.axes:
         row = box.start[axis] // lay.block_shape[axis]
-        start = [max(0, s - grow) for s in box.start]
-        stop = [min(n, e + grow) for e, n in zip(box.stop, lay.shape)]
+        start, stop = [0, 0, 0], list(lay.shape)
+        cut = along[axis]
+        start[cut], stop[cut] = max(0, box.start[cut] - grow), box.stop[cut]
         start[axis], stop[axis] = 2 * row, 2 * row + 2
         slab = np.asarray(lay.open_planes(axis, "r")[Box(tuple(start), tuple(stop)).slices])
         lower = np.take(slab, 0, axis=axis)
@@ -221,13 +259,20 @@ class _RelabelJob:
     count: int  # its number of local components
     keys: Any  # sorted provisional ids, as returned by Runner.put
     values: Any
+    source: Components | None = None  # labels the block again; None: read the stored local ids
 
 
 def _relabel_block(job: _RelabelJob) -> dict[str, Any]:
     from alseg.io.omezarr import open_volume
 
     keys, values = get_shared(job.keys), get_shared(job.values)
-    local = np.asarray(job.layout.open_local("r")[job.block.write.slices])
+    if job.source is None:
+        local = np.asarray(job.layout.open_local("r")[job.block.write.slices])
+    else:
+        local = job.source.labels(job.block.write)
+        if int(local.max(initial=0)) != job.count:
+            raise DataError(f"block {job.block.key} of {st.redact(job.source.mask)} holds {int(local.max(initial=0))} components "
+                            f"now against {job.count} when it was labelled: the mask changed during the job")
     at = int(np.searchsorted(keys, job.first))
     # the block's ids are first .. first + count - 1, consecutive in the sorted keys
     lut = np.zeros(job.count + 1, dtype=values.dtype)
@@ -330,19 +375,21 @@ def label_components(
         raise SpecError(f"output labels need an unsigned integer dtype, got {out.dtype}")
     grid = BlockGrid(mask.shape, block_shape, 0)
     check_aligned(grid.block_shape, out.chunks, mask.shape)
-    lay = Layout.create(work, mask.shape, grid.block_shape)
+    lay = Layout.create(work, mask.shape, grid.block_shape, local=False)
+    source = Components(mask_url, connectivity, threshold, labeller)
     stride = int(np.prod(grid.block_shape))
     linear = {b.key: i for i, b in enumerate(grid)}
     labelled = run_blocks(
         _label_block, grid,
-        payload=lambda b: _LabelJob(mask_url, lay, b, linear[b.key] * stride, connectivity, threshold, labeller),
+        payload=lambda b: _LabelJob(source, lay, b, linear[b.key] * stride),
         runner=runner, work_dir=work, name="label", desc="label blocks",
     )
     faces = run_blocks(
-        _face_pairs, grid, payload=lambda b: _FaceJob(lay, b, connectivity),
-        runner=runner, work_dir=work, name="faces", desc="merge faces",
+        _face_pairs, grid, payload=lambda b: _FaceJob(lay, b, connectivity, _strip_axes(b, lay)),
+        runner=runner, work_dir=work, name="face-strips", desc="merge faces", select=lambda b: bool(_strip_axes(b, lay)),
     )
-    count = finish(lay, grid, labelled, faces, output_url, min_size_vox=min_size_vox, runner=runner, work_dir=work, pyramid=pyramid)
+    count = finish(lay, grid, labelled, faces, output_url, min_size_vox=min_size_vox, runner=runner, work_dir=work, pyramid=pyramid,
+                   source=source)
     return {"objects": count, "provisional": sum(len(r["sizes"]) for r in labelled.values()),
             "merges": sum(len(r["pairs"]) for r in faces.values())}
 
@@ -369,9 +416,10 @@ def check_capacity(count: int, dtype: np.dtype, output_url: str) -> None:
 
 
 def finish(lay: Layout, grid: BlockGrid, labelled: dict[str, Any], pairs: dict[str, Any], output_url: str, *,
-           min_size_vox: int, runner: Runner, work_dir: str, pyramid: bool) -> int:
+           min_size_vox: int, runner: Runner, work_dir: str, pyramid: bool, source: Components | None = None) -> int:
     """Merge the provisional ids that ``pairs`` link, drop small objects, write consecutive ids into
-    ``output_url`` (and its pyramid); returns the object count."""
+    ``output_url`` (and its pyramid); returns the object count. The blocks' local ids come from
+    ``source`` (labelled again) or, without it, from the layout's stored local ids."""
     from alseg.io.omezarr import open_volume
     from alseg.pyramid import build_pyramid
 
@@ -381,7 +429,8 @@ def finish(lay: Layout, grid: BlockGrid, labelled: dict[str, Any], pairs: dict[s
     keys_ref, values_ref = runner.put(keys), runner.put(values)
     run_blocks(
         _relabel_block, grid,
-        payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], len(labelled[b.key]["sizes"]), keys_ref, values_ref),
+        payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], len(labelled[b.key]["sizes"]), keys_ref, values_ref,
+                                    source),
         runner=runner, work_dir=work_dir, name="relabel", desc="relabel blocks",
     )
     if pyramid and len(out.level_paths) > 1:

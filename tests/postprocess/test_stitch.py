@@ -140,12 +140,36 @@ def test_union_find():
 def test_rerun_resumes_and_gives_the_same_labels(tmp_path):
     mask = random_blobs((16, 32, 32), seed=3)
     got, _ = stitch(tmp_path, mask, (8, 16, 16), name="a")
-    marker_dirs = [tmp_path / "work-a" / p for p in ("label", "faces", "relabel")]
+    marker_dirs = [tmp_path / "work-a" / p for p in ("label", "relabel")]
     assert all(len(list(d.glob("*.json"))) == 8 for d in marker_dirs)
+    # the faces pass: one strip per boundary row, taken by blocks (0, 0, 0), (0, 1, 0) and (1, 0, 0)
+    assert sorted(p.stem for p in (tmp_path / "work-a" / "face-strips").glob("*.json")) == ["b_0_0_0", "b_0_1_0", "b_1_0_0"]
     # a rerun with every block recorded computes nothing and changes nothing
     out = open_volume(str(tmp_path / "mask.zarr/labels/a"))
     label_components(str(tmp_path / "mask.zarr"), out.url, block_shape=(8, 16, 16), work_dir=tmp_path / "work-a")
     assert np.array_equal(open_volume(out.url).read(), got)
+
+
+def test_relabel_pass_labels_blocks_again_and_refuses_a_mask_changed_meanwhile(tmp_path):
+    """No per-block label array is stored: the relabel pass labels each block again, and a mask
+    that changed between the passes (one more component in a block) is refused, not half-applied."""
+    from alseg.errors import WorkFailedError
+
+    mask = random_blobs((16, 32, 32), seed=6)
+    got, _ = stitch(tmp_path, mask, (8, 16, 16), name="a")
+    assert same_partition(got, oracle(mask, 26))
+    assert not (tmp_path / "work-a" / "local.zarr").exists()
+    for record in (tmp_path / "work-a" / "relabel").glob("*.json"):  # interrupted before the relabel pass
+        record.unlink()
+    changed = mask.copy()
+    changed[:2, :2, :2] = False
+    changed[0, 0, 0] = True  # an isolated voxel
+    assert ndimage.label(changed[:8, :16, :16], structure=structure(26))[1] != ndimage.label(mask[:8, :16, :16], structure=structure(26))[1]
+    vol = open_volume(str(tmp_path / "mask.zarr"), mode="r+")
+    vol.write(vol.bounds, changed.astype(np.uint8))
+    out = open_volume(str(tmp_path / "mask.zarr/labels/a"))
+    with pytest.raises(WorkFailedError, match="b_0_0_0.*DataError.*the mask changed"):
+        label_components(str(tmp_path / "mask.zarr"), out.url, block_shape=(8, 16, 16), work_dir=tmp_path / "work-a")
 
 
 @pytest.mark.ray
