@@ -506,6 +506,9 @@ class PredictionSpec(_Blockwise):
     tile_step: float = Field(
         0.5, ge=0.25, le=1.0, description="nnU-Net's tile_step_size: tiles start at most this fraction of the patch apart "
         "(0.5, nnU-Net's default; 1.0 abuts tiles: about 7x fewer for a 3D patch; costs in docs/DECISIONS.md)")
+    batch_tiles: int = Field(
+        0, ge=0, le=64, description="tiles per forward pass (0: automatic: 2 on a CPU, from the free memory on a GPU; "
+        "1: one at a time, as nnU-Net's own predictor)")
     gaussian_blending: bool = True
     output: Literal["semantic", "probabilities"] = "semantic"
 
@@ -617,7 +620,7 @@ def ground_truth_url(spec: JobSpec) -> str | None:
 # of a job's content (and of a pseudo-label signature) at that value, so that adding one does not make
 # every stored run, sweep result and pseudo-label volume stale. Any other value is content.
 NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}, "selection": {"foreground_min": None},
-                                                 "prediction": {"tile_step": 0.5}}
+                                                 "prediction": {"tile_step": 0.5, "batch_tiles": 0}}
 
 
 def without_neutral_additions(content: dict[str, Any], section: str | None = None) -> dict[str, Any]:

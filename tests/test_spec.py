@@ -60,6 +60,8 @@ def test_spec_is_frozen_and_hash_is_stable():
     assert spec.job_digest() == parse_spec(with_(MINIMAL, "prediction.tile_step", 0.5)).job_digest()
     assert "tile_step" not in spec.job_content()["prediction"]
     assert spec.job_digest() != parse_spec(with_(MINIMAL, "prediction.tile_step", 1.0)).job_digest()
+    assert spec.job_digest() == parse_spec(with_(MINIMAL, "prediction.batch_tiles", 0)).job_digest()
+    assert "batch_tiles" not in spec.job_content()["prediction"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -92,6 +94,7 @@ BAD_SPECS = [
     ("mask ratio out of range", with_(MINIMAL, "embedding.mask_ratio", 1.5), "embedding.mask_ratio"),
     ("tile step above one patch", with_(MINIMAL, "prediction.tile_step", 1.5), "prediction.tile_step"),
     ("tile step too small", with_(MINIMAL, "prediction.tile_step", 0.1), "prediction.tile_step"),
+    ("negative tile batch", with_(MINIMAL, "prediction.batch_tiles", -1), "prediction.batch_tiles"),
     ("simulated annotation without ground truth", with_(MINIMAL, "input.ground_truth", None), "<root>"),
     ("bad connectivity", with_(MINIMAL, "postprocess.connectivity", 8), "postprocess.connectivity"),
     ("holdout box inverted", with_(MINIMAL, "patches.holdout", {"kind": "box", "start": [5, 0, 0], "stop": [2, 9, 9]}), "patches.holdout.box"),

@@ -4,8 +4,8 @@ A :class:`BlockPredictor` (one per worker: a Ray actor per GPU, or CPU workers) 
 folder once, then for each block reads the write region grown by the halo (clipped at the
 volume's edge, as nnU-Net's own predictor sees no voxels beyond it), normalises it with the
 dataset's :class:`~alseg.nnunet.dataset.IntensityNorm`, runs nnU-Net's sliding window with
-Gaussian weighting (``predict_sliding_window_return_logits``; mirroring optional; mixed precision
-on GPU as nnU-Net does it), and writes the write region of the argmax class map (and, if asked,
+Gaussian weighting (its tile placement, network call and Gaussian; the tiles in batches, summed in
+float32: :mod:`alseg.nnunet.tiles`; mirroring optional; bf16 autocast on GPU), and writes the write region of the argmax class map (and, if asked,
 the foreground probability) into chunk-aligned OME-Zarr outputs. Memory follows the block, never
 the volume: nnU-Net's own whole-array predictor holds logits for the entire volume.
 """
@@ -26,6 +26,7 @@ from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid, Box
 from alseg.nnunet.dataset import IntensityNorm
 from alseg.nnunet.paths import NnUNetDirs
+from alseg.nnunet.tiles import TileRunner
 from alseg.runtime import Resources, Runner, SerialRunner
 
 
@@ -197,18 +198,14 @@ class BlockPredictor:
     """A trained nnU-Net, loaded once per worker, predicting blocks."""
 
     def __init__(self, model_folder: str, norm: dict[str, float], device: str = "cpu", mirroring: bool = False,
-                 checkpoint: str = CHECKPOINT, tile_step: float = 0.5) -> None:
+                 checkpoint: str = CHECKPOINT, tile_step: float = 0.5, batch_tiles: int = 0) -> None:
         self.predictor = load_predictor(model_folder, device=device, mirroring=mirroring, checkpoint=checkpoint, tile_step=tile_step)
         self.norm = IntensityNorm(**norm)
-        self._gauss: dict[tuple[int, ...], np.ndarray] = {}
+        self.tiles_runner = TileRunner(self.predictor, batch_tiles)
 
     def logits(self, data: np.ndarray) -> np.ndarray:
-        import torch
-
-        tensor = torch.from_numpy(self.norm(data)[None])
-        with torch.no_grad():
-            out = self.predictor.predict_sliding_window_return_logits(tensor)
-        return out.float().cpu().numpy() if hasattr(out, "cpu") else np.asarray(out, dtype=np.float32)
+        """nnU-Net's sliding window over the (raw) ``data``, its tiles in batches: (classes, *data.shape) float32."""
+        return self.tiles_runner.window(self.norm(data))
 
     def __call__(self, job: _PredictJob | _TileJob) -> dict[str, Any]:
         if isinstance(job, _TileJob):
@@ -224,9 +221,6 @@ class BlockPredictor:
         the upper neighbours and the seam's own sums for phase 2; the rest of the block written."""
         import itertools
 
-        import torch
-        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
         from alseg.io.omezarr import open_volume
 
         w = job.block.write
@@ -236,20 +230,10 @@ class BlockPredictor:
         n_cls = self.predictor.label_manager.num_segmentation_heads
         acc = np.zeros((n_cls, *ext.shape), np.float32)
         weight = np.zeros(ext.shape, np.float32)
-        if job.patch not in self._gauss:
-            self._gauss[job.patch] = compute_gaussian(job.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
-                                                      device=torch.device("cpu")).numpy()
-        gauss = self._gauss[job.patch]
-        net = self.predictor
-        ctx = torch.autocast(net.device.type) if net.device.type == "cuda" else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
-            net.network = net.network.to(net.device).eval()
-            for start in itertools.product(*own):
-                sl = tuple(slice(s - w.start[a], s - w.start[a] + job.patch[a]) for a, s in enumerate(start))
-                tile = torch.from_numpy(np.ascontiguousarray(data[sl]))[None, None].to(net.device)
-                out = net._internal_maybe_mirror_and_predict(tile)[0].float().cpu().numpy()
-                acc[(slice(None),) + sl] += out * gauss
-                weight[sl] += gauss
+        if tuple(job.patch) != self.tiles_runner.patch:
+            raise SpecError(f"block {job.block.key}: tiles of {job.patch} for a model with patch {self.tiles_runner.patch}")
+        corners = [tuple(s - w.start[a] for a, s in enumerate(start)) for start in itertools.product(*own)]
+        self.tiles_runner.accumulate(data, corners, acc, weight)
         # hand the overhangs (beyond the write region) to the upper neighbours, each its piece
         wshape = w.shape
         for d in itertools.product((0, 1), repeat=3):
@@ -299,6 +283,7 @@ def predict_volume(
     missing_chunks: str = "error",
     region: Box | Sequence[Box] | None = None,
     tile_step: float = 0.5,
+    batch_tiles: int = 0,
 ) -> dict[str, Any]:
     """Predict the class map of the image into ``classes_url`` (created here on the image's grid,
     a label image of uint8 classes), block by block; resumable with ``work_dir``.
@@ -320,7 +305,8 @@ def predict_volume(
     each block with the context its halo gives; the rest of ``classes_url`` stays 0), e.g. the
     held-out evaluation region of an active-learning round, or the patches picked for annotation.
     ``tile_step`` is nnU-Net's ``tile_step_size`` in both tilings (0.5, its default: tiles half a
-    patch apart; 1.0: abutting tiles, the fewest)."""
+    patch apart; 1.0: abutting tiles, the fewest). ``batch_tiles`` tiles run through the network
+    per forward pass (0: automatic, :class:`~alseg.nnunet.tiles.TileRunner`)."""
     import json
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
@@ -348,7 +334,7 @@ def predict_volume(
     if probability_url is not None and not os.path.exists(os.path.join(probability_url, "zarr.json")):
         create_image(probability_url, shape=image.shape, dtype="float32", chunks=grid.block_shape,
                      voxel_size_nm=image.voxel_size_nm, levels=1, name="probability")
-    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring, CHECKPOINT, float(tile_step)))
+    worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring, CHECKPOINT, float(tile_step), int(batch_tiles)))
     patch = tuple(int(p) for p in plans["configurations"][configuration]["patch_size"])
     fits = len(patch) == 3 and all(s >= p for s, p in zip(image.shape, patch))
     # global tiling places 3D tiles; a 2d model predicts section by section with halo tiling

@@ -69,7 +69,7 @@ def run_predict(spec: JobSpec, *, model_folder: str | None = None, norm: dict | 
         predict_volume(model_folder, spec.input.url, classes_url, norm=IntensityNorm(**norm), block_shape=p.block_shape_vox,
                        halo=p.halo_vox, level=spec.input.level, runner=runner, work_dir=work, workers=workers, resources=res,
                        device=device, mirroring=p.mirroring, tiling=p.tiling, missing_chunks=spec.input.missing_chunks,
-                       region=region, tile_step=p.tile_step)
+                       region=region, tile_step=p.tile_step, batch_tiles=p.batch_tiles)
         build_pyramid(classes_url, kind="mode", runner=runner, work_dir=work)
         q = spec.postprocess
         mask_url = st.join(out_dir, "mask.zarr")

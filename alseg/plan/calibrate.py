@@ -306,7 +306,7 @@ def _predict(cspec: JobSpec, vshape: tuple[int, ...], folder: str, norm: Intensi
     def run(name: str, work_dir: str) -> None:
         predict_volume(folder, cspec.input.url, st.join(out_dir, name), norm=norm, block_shape=p.block_shape_vox,
                        halo=p.halo_vox, runner=runner, work_dir=work_dir, device=device, mirroring=p.mirroring, tiling=p.tiling,
-                       tile_step=p.tile_step)
+                       tile_step=p.tile_step, batch_tiles=p.batch_tiles)
 
     what = f"nnU-Net prediction ({int(tiles.sum())} tiles of {patch}, {device})"
     # twice: the first prediction of a process also warms the network up (kernels, allocator)
