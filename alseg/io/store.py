@@ -218,6 +218,16 @@ def write_bytes(url: str | os.PathLike[str], data: bytes) -> None:
     fs.mv(tmp, path)
 
 
+def read_bytes(url: str | os.PathLike[str]) -> bytes:
+    """The bytes stored at ``url``; :class:`DataError` naming it when nothing is there."""
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as err:
+        raise DataError(f"{redact(str(url))}: does not exist") from err
+
+
 def read_json(url: str | os.PathLike[str]) -> Any:
     """A JSON file at a path or URL; :class:`DataError` naming it when it is missing or not JSON."""
     import json

@@ -24,6 +24,7 @@ import numpy as np
 from alseg.blockwise import check_aligned, run_blocks
 from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid, Box
+from alseg.io import store as st
 from alseg.nnunet.dataset import IntensityNorm
 from alseg.nnunet.paths import NnUNetDirs
 from alseg.nnunet.tiles import TileRunner
@@ -99,15 +100,20 @@ class _SeamJob:
 
 
 def _piece_path(folder: str, index: Sequence[int], d: Sequence[int]) -> str:
-    """The piece block ``index`` receives from its neighbour ``index - d`` (``d`` 000: its own seam)."""
-    return os.path.join(folder, "b_" + "_".join(map(str, index)), "d" + "".join(map(str, d)) + ".npz")
+    """The piece block ``index`` receives from its neighbour ``index - d`` (``d`` 000: its own seam):
+    under the work directory's URL, so a block on another node reads it."""
+    return st.join(folder, "b_" + "_".join(map(str, index)), "d" + "".join(map(str, d)) + ".npz")
 
 
-def _save(path: str, **arrays: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+def _save(url: str, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    st.write_bytes(url, buf.getvalue())  # a temporary name, then moved: a piece is whole or absent
+
+
+def _load(url: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(st.read_bytes(url))) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _write(job, logits: np.ndarray, box: Box | None = None) -> dict[str, Any]:
@@ -168,16 +174,16 @@ def _seam(job: _SeamJob) -> dict[str, Any]:
     pieces = {}
     for d in expected_pieces(w, job.steps, job.patch):
         path = _piece_path(job.pieces, job.block.index, d)
-        if not os.path.exists(path):
+        if not st.exists(path):
             raise RuntimeError(f"block {job.block.key}: the overhang piece from its neighbour at offset -{d} is missing "
-                               f"({path}): its first phase did not finish")
+                               f"({st.redact(path)}): its first phase did not finish")
         pieces[d] = path
-    with np.load(_piece_path(job.pieces, job.block.index, (0, 0, 0))) as own:
-        parts = [(own[f"acc{i}"], own[f"weight{i}"]) for i in range(len(seam_boxes(w.shape, depth)))]
+    own = _load(_piece_path(job.pieces, job.block.index, (0, 0, 0)))
+    parts = [(own[f"acc{i}"], own[f"weight{i}"]) for i in range(len(seam_boxes(w.shape, depth)))]
     loaded = {}
     for d, path in pieces.items():
-        with np.load(path) as piece:
-            loaded[d] = (piece["acc"], piece["weight"])
+        piece = _load(path)
+        loaded[d] = (piece["acc"], piece["weight"])
     foreground = 0
     for box, (acc, weight) in zip(seam_boxes(w.shape, depth), parts):
         for d, (pacc, pweight) in loaded.items():
@@ -327,11 +333,11 @@ def predict_volume(
         raise SpecError(f"the model was trained at {spacing} nm, the volume has {image.voxel_size_nm} nm voxels: "
                         "predict on the pyramid level that matches (input.level)")
     runner = runner or SerialRunner(progress=False)
-    if not os.path.exists(os.path.join(classes_url, "zarr.json")):
+    if not st.exists(st.join(classes_url, "zarr.json")):
         create_label_image(classes_url, like=image, chunks=grid.block_shape, dtype="uint8", name="classes", kind="prediction")
     out = open_volume(classes_url)
     check_aligned(grid.block_shape, out.chunks, image.shape)
-    if probability_url is not None and not os.path.exists(os.path.join(probability_url, "zarr.json")):
+    if probability_url is not None and not st.exists(st.join(probability_url, "zarr.json")):
         create_image(probability_url, shape=image.shape, dtype="float32", chunks=grid.block_shape,
                      voxel_size_nm=image.voxel_size_nm, levels=1, name="probability")
     worker = (BlockPredictor, (model_folder, norm.to_json(), device, mirroring, CHECKPOINT, float(tile_step), int(batch_tiles)))
@@ -349,7 +355,9 @@ def predict_volume(
             raise SpecError(f"blocks {tiles_grid.block_shape} are narrower than the patch {patch} on axes {narrow}: "
                             "make them at least one patch wide")
         steps = tuple(tuple(int(s) for s in axis) for axis in compute_steps_for_sliding_window(image.shape, patch, tile_step))
-        pieces = os.path.join(work_dir, "overhangs") if work_dir else tempfile.mkdtemp(prefix="alseg-overhangs-")
+        # the pieces go through the work directory's URL (object storage on a cluster); without one, a
+        # local folder of this call's own, which serves a single machine only
+        pieces = st.join(work_dir, "overhangs") if work_dir else tempfile.mkdtemp(prefix="alseg-overhangs-")
         gshape = tiles_grid.grid_shape
         try:
             # phase 1: every block its own tiles, all blocks at once (the model loaded once per worker)
