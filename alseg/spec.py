@@ -507,7 +507,7 @@ class PredictionSpec(_Blockwise):
         0.5, ge=0.25, le=1.0, description="nnU-Net's tile_step_size: tiles start at most this fraction of the patch apart "
         "(0.5, nnU-Net's default; 1.0 abuts tiles: about 7x fewer for a 3D patch; costs in docs/DECISIONS.md)")
     batch_tiles: int = Field(
-        0, ge=0, le=64, description="tiles per forward pass (0: automatic: 2 on a CPU, from the free memory on a GPU; "
+        0, ge=0, le=64, description="tiles per forward pass (0: automatic: pairs on a CPU where they pay, from the free memory on a GPU; "
         "1: one at a time, as nnU-Net's own predictor)")
     gaussian_blending: bool = True
     output: Literal["semantic", "probabilities"] = "semantic"

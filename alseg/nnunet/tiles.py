@@ -10,8 +10,13 @@ the GPU has no bf16), the logits cast back to float32 before they are summed.
 Why batches help on a CPU too: PyTorch runs a 3D convolution on one sample through its slow
 reference kernel (``slow_conv3d``) unless the layer is large, and through oneDNN from two samples
 on (measured: a tiny plan's tile 5.6x faster per tile in pairs, a 16-128-feature plan's 3.2x);
-nnU-Net's own predictor runs one tile at a time. So on a CPU a lone last tile is paired with a copy
-of itself (its twin's output dropped), and ``batch_tiles: 1`` is nnU-Net's one-at-a-time way.
+nnU-Net's own predictor runs one tile at a time. Where a plan's layers are large enough to take
+oneDNN alone (a 32-256-feature plan: 216.6 ms a tile alone, 217.0 ms in pairs) pairs gain nothing,
+so on a CPU the automatic batch is measured once per runner (:func:`cpu_batch`): pairs where a pair
+costs less than :data:`PAIR_COST` times one tile, else one tile at a time. In pairs a lone last tile
+runs with a copy of itself (its twin's output dropped). ``batch_tiles: 1`` is nnU-Net's
+one-at-a-time way. On CUDA a batch that runs out of memory is split in halves and the runner keeps
+the smaller batch.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from typing import Any
 
 import numpy as np
 
-#: tiles per forward pass on a CPU (``prediction.batch_tiles: 0``), measured in benchmarks/RESULTS.md
+#: tiles per forward pass on a CPU (``prediction.batch_tiles: 0``) where pairs pay, measured in benchmarks/RESULTS.md
 CPU_BATCH = 2
+#: pairs pay on a CPU when a pair's forward costs less than this many single tiles' (so that a lone
+#: last tile's twin costs less than it saves)
+PAIR_COST = 1.5
 #: at most this many tiles per forward pass when the batch follows the GPU's free memory
 MAX_BATCH = 16
 
@@ -37,9 +45,18 @@ def batch_for_memory(free_bytes: int, per_tile_bytes: int, *, share: float = 0.6
     return int(max(1, min(cap, (share * free_bytes) // per_tile_bytes)))
 
 
+def cpu_batch(one_s: float, pair_s: float) -> int:
+    """The automatic CPU batch from one tile's forward time and a pair's: :data:`CPU_BATCH` when pairs
+    pay (:data:`PAIR_COST`), else 1."""
+    if one_s <= 0 or pair_s <= 0:
+        raise ValueError(f"forward times must be positive, got {one_s} and {pair_s}")
+    return CPU_BATCH if pair_s < PAIR_COST * one_s else 1
+
+
 class TileRunner:
     """The tiles of one nnU-Net predictor (its network, patch, mirroring and Gaussian), ``batch``
-    per forward pass (0: :data:`CPU_BATCH` on a CPU, from the free memory on CUDA)."""
+    per forward pass (0: automatic: on a CPU pairs where they pay, :func:`cpu_batch`; on CUDA from
+    the free memory)."""
 
     def __init__(self, predictor: Any, batch: int = 0) -> None:
         import torch
@@ -52,6 +69,7 @@ class TileRunner:
         self.patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
         self.gauss = compute_gaussian(self.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
                                       device=torch.device("cpu")).numpy()
+        self.forward_s: tuple[float, float] | None = None  # set where the CPU batch is measured
         self.batch = batch or self._auto_batch()
 
     @property
@@ -63,15 +81,29 @@ class TileRunner:
 
         if not self.cuda:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native bf16 from compute capability 8 (Ampere) on; torch's is_bf16_supported() also says yes
+        # where bf16 is only emulated (V100, T4), which is slow: fp16 there
+        dtype = torch.bfloat16 if torch.cuda.get_device_capability(self.device)[0] >= 8 else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
     def _auto_batch(self) -> int:
-        """CPU: :data:`CPU_BATCH`. CUDA: one tile's measured peak memory against the free memory."""
+        """CPU: pairs where they pay (:func:`cpu_batch`, timed here). CUDA: one tile's measured peak
+        memory against the free memory."""
+        import time
+
         import torch
 
         if not self.cuda:
-            return CPU_BATCH
+            net = self.predictor.network.eval()
+            x = torch.zeros((2, 1, *self.patch))
+            took: dict[int, list[float]] = {1: [], 2: []}
+            with torch.inference_mode():
+                for n in (1, 2, 1, 2, 1, 2):  # the first of each warms up; the least of the others counts
+                    t0 = time.perf_counter()
+                    net(x[:n])
+                    took[n].append(time.perf_counter() - t0)
+            self.forward_s = (min(took[1][1:]), min(took[2][1:]))
+            return cpu_batch(*self.forward_s)
         self.predictor.network = self.predictor.network.to(self.device).eval()
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -119,10 +151,26 @@ class TileRunner:
                 x = nxt.result()
                 if i + 1 < len(batches):  # the next batch is gathered while this one runs
                     nxt = pool.submit(self._gather, data, batches[i + 1])
-                out = net._internal_maybe_mirror_and_predict(x)[:len(tiles)].float().cpu().numpy()
+                out = self._forward(x)[:len(tiles)]
                 for sl, logits in zip(tiles, out):
                     acc[(slice(None),) + sl] += logits * self.gauss
                     weight[sl] += self.gauss
+
+    def _forward(self, x: Any) -> np.ndarray:
+        """The logits of the tiles ``x`` (float32, on the host); on CUDA a batch that runs out of memory
+        runs in halves, and later batches take the smaller size."""
+        import torch
+
+        try:
+            return self.predictor._internal_maybe_mirror_and_predict(x).float().cpu().numpy()
+        except torch.OutOfMemoryError:
+            if x.shape[0] == 1:
+                raise
+            if self.cuda:
+                torch.cuda.empty_cache()
+            half = (x.shape[0] + 1) // 2
+            self.batch = max(1, min(self.batch, half))
+            return np.concatenate([self._forward(x[:half]), self._forward(x[half:])])
 
     def window(self, data: np.ndarray) -> np.ndarray:
         """nnU-Net's sliding window over ``data`` (normalised, z, y, x): its tile placement (the

@@ -256,7 +256,7 @@ class _RelabelJob:
     output: str
     block: Block
     first: int  # the block's first provisional id
-    count: int  # its number of local components
+    sizes: tuple[int, ...]  # the voxel count of each of its local components, from the label pass
     keys: Any  # sorted provisional ids, as returned by Runner.put
     values: Any
     source: Components | None = None  # labels the block again; None: read the stored local ids
@@ -270,13 +270,16 @@ def _relabel_block(job: _RelabelJob) -> dict[str, Any]:
         local = np.asarray(job.layout.open_local("r")[job.block.write.slices])
     else:
         local = job.source.labels(job.block.write)
-        if int(local.max(initial=0)) != job.count:
-            raise DataError(f"block {job.block.key} of {st.redact(job.source.mask)} holds {int(local.max(initial=0))} components "
-                            f"now against {job.count} when it was labelled: the mask changed during the job")
+        now = tuple(int(c) for c in np.bincount(local.ravel(), minlength=len(job.sizes) + 1)[1:])
+        if now != job.sizes:
+            raise DataError(f"block {job.block.key} of {st.redact(job.source.mask)} holds {len(now)} components now against "
+                            f"{len(job.sizes)} when it was labelled{' (of other sizes)' if len(now) == len(job.sizes) else ''}: "
+                            "the mask changed during the job; rerun with a fresh work directory")
     at = int(np.searchsorted(keys, job.first))
     # the block's ids are first .. first + count - 1, consecutive in the sorted keys
-    lut = np.zeros(job.count + 1, dtype=values.dtype)
-    lut[1:] = values[at:at + job.count]
+    count = len(job.sizes)
+    lut = np.zeros(count + 1, dtype=values.dtype)
+    lut[1:] = values[at:at + count]
     out = lut[local]
     target = open_volume(job.output, mode="r+")
     target.write(job.block.write, out.astype(target.dtype, copy=False))
@@ -429,7 +432,7 @@ def finish(lay: Layout, grid: BlockGrid, labelled: dict[str, Any], pairs: dict[s
     keys_ref, values_ref = runner.put(keys), runner.put(values)
     run_blocks(
         _relabel_block, grid,
-        payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], len(labelled[b.key]["sizes"]), keys_ref, values_ref,
+        payload=lambda b: _RelabelJob(lay, output_url, b, labelled[b.key]["first"], tuple(labelled[b.key]["sizes"]), keys_ref, values_ref,
                                     source),
         runner=runner, work_dir=work_dir, name="relabel", desc="relabel blocks",
     )

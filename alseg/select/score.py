@@ -58,7 +58,9 @@ class PatchScorer:
 
         if mode not in ("none", "tta", "mc_dropout"):
             raise SpecError(f"uncertainty mode: expected none, tta or mc_dropout, got {mode!r}")
-        self.block = BlockPredictor(model_folder, norm, device=device, mirroring=False)
+        # MC dropout draws a mask per tile of a batch: one tile at a time, so a seed gives the same
+        # scores whatever batch a device would pick
+        self.block = BlockPredictor(model_folder, norm, device=device, mirroring=False, batch_tiles=1 if mode == "mc_dropout" else 0)
         self.mode, self.samples, self.seed = mode, samples, seed
         network = self.block.predictor.network
         self.dropout = [m for m in network.modules() if type(m).__name__ in DROPOUT_TYPES and getattr(m, "p", 0) > 0]

@@ -214,10 +214,85 @@ def test_global_tiling_runs_in_two_phases_on_a_4x4x4_grid_and_equals_the_wavefro
         predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(work))
 
 
+@pytest.mark.slow
+@pytest.mark.s3
+def test_global_tiling_hands_overhangs_through_object_storage(volume, tiny_model, s3_bucket, tmp_path):
+    """Input, outputs and work directory on an S3 server: the overhang pieces travel through the
+    work directory's URL (a block on another node reads them there), the result bit for bit the
+    local run's, and a piece missing from the bucket fails the seam phase loudly."""
+    from alseg.errors import AlsegError
+    from alseg.io import store as st
+
+    _, url = volume
+    folder, norm = tiny_model
+    local, local_prob = str(tmp_path / "c.zarr"), str(tmp_path / "p.zarr")
+    predict_volume(folder, url, local, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=local_prob,
+                   work_dir=str(tmp_path / "w"), batch_tiles=1)
+    remote_in = st.join(s3_bucket, "v.zarr")
+    write_synthetic(remote_in, SynthParams.preset("easy", shape=(32, 128, 128), seed=2))  # the volume fixture's
+    assert np.array_equal(open_volume(remote_in).read(), open_volume(url).read())
+    out, prob, work = (st.join(s3_bucket, n) for n in ("c.zarr", "p.zarr", "work"))
+    res = predict_volume(folder, remote_in, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), probability_url=prob,
+                         work_dir=work, batch_tiles=1)
+    assert res["blocks"] == 8
+    assert np.array_equal(open_volume(out).read(), open_volume(local).read())
+    assert np.array_equal(open_volume(prob).read(), open_volume(local_prob).read())
+    fs, root = st.filesystem(st.join(work, "overhangs"))
+    pieces = sorted(p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in fs.find(root))
+    assert "b_1_1_1/d100.npz" in pieces and all(p.endswith(".npz") for p in pieces), pieces
+    assert sorted(os.listdir(tmp_path / "w" / "overhangs" / "b_1_1_1")) == sorted(p.split("/")[1] for p in pieces if p.startswith("b_1_1_1/"))
+    st.remove(st.join(work, "overhangs", "b_1_1_1", "d100.npz"))
+    for marker in fs.find(st.filesystem(st.join(work, "predict-seams"))[1]):
+        fs.rm(marker)
+    with pytest.raises((RuntimeError, AlsegError), match="missing"):
+        predict_volume(folder, remote_in, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=work)
+
+
 def softmax1(logits: np.ndarray) -> np.ndarray:
     """Class 1's probability from (classes, ...) logits."""
     e = np.exp(logits - logits.max(0, keepdims=True))
     return e[1] / e.sum(0)
+
+
+def test_cpu_batch_pairs_tiles_only_where_pairs_pay():
+    from alseg.nnunet.tiles import CPU_BATCH, PAIR_COST, cpu_batch
+
+    assert cpu_batch(0.1258, 0.0446) == CPU_BATCH, "the tiny plan: a pair costs a third of one tile"
+    assert cpu_batch(0.2166, 0.4340) == 1, "a 32-256-feature plan: a pair costs two tiles, so a lone tile's twin would waste one"
+    assert cpu_batch(1.0, PAIR_COST) == 1 and cpu_batch(1.0, 0.99 * PAIR_COST) == CPU_BATCH
+    with pytest.raises(ValueError, match="positive"):
+        cpu_batch(0.0, 1.0)
+
+
+@pytest.mark.slow
+def test_a_batch_out_of_memory_runs_in_halves_and_keeps_the_smaller_batch(tiny_model, volume):
+    """A forward pass that runs out of memory (raised here by a hook on batches over 2, as a GPU
+    would) is split in halves; the runner keeps the size that ran, and the sums are one tile at a
+    time's within the convolutions' rounding."""
+    from alseg.nnunet.tiles import TileRunner
+
+    _, url = volume
+    folder, norm = tiny_model
+    data = norm(open_volume(url).read())
+    predictor = load_predictor(folder)
+    seen: list[int] = []
+
+    def hook(_m, args):
+        seen.append(int(args[0].shape[0]))
+        if args[0].shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: out of memory")
+
+    handle = predictor.network.register_forward_pre_hook(hook)
+    try:
+        runner = TileRunner(predictor, 8)
+        got = runner.window(data)
+    finally:
+        handle.remove()
+    n = len(predictor._internal_get_sliding_window_slicers(data.shape))
+    assert runner.batch == 2 and seen[:3] == [8, 4, 2], seen
+    assert n % 8 > 1 and sum(b for b in seen if b <= 2) == n, "every tile ran once, in the calls that fitted"
+    ref = TileRunner(predictor, 1).window(data)
+    assert np.abs(softmax1(got) - softmax1(ref)).max() < 1e-5
 
 
 def test_batch_for_memory_fits_a_share_of_the_free_memory():
@@ -238,7 +313,7 @@ def test_tiles_run_in_batches_and_equal_one_at_a_time(volume, tiny_model, tmp_pa
     lone last tile in a pair: one sample takes PyTorch's slow kernel); the result is the float32
     one-tile-at-a-time reference up to the convolutions' rounding: classes equal away from ties,
     probabilities within 1e-5."""
-    from alseg.nnunet.tiles import CPU_BATCH, TileRunner
+    from alseg.nnunet.tiles import CPU_BATCH, TileRunner, cpu_batch
 
     _, url = volume
     folder, norm = tiny_model
@@ -258,7 +333,11 @@ def test_tiles_run_in_batches_and_equal_one_at_a_time(volume, tiny_model, tmp_pa
         assert seen == [4, 2], "the lone fifth tile ran paired with itself"
     finally:
         hook.remove()
-    assert TileRunner(predictor).batch == CPU_BATCH
+    # the automatic CPU batch: pairs, where they pay as on this tiny plan (a single sample takes
+    # PyTorch's reference kernel: several times a pair's cost per tile)
+    auto = TileRunner(predictor)
+    one_s, pair_s = auto.forward_s
+    assert auto.batch == cpu_batch(one_s, pair_s) == CPU_BATCH, f"one tile {one_s:.3f} s, a pair {pair_s:.3f} s"
     assert np.abs(softmax1(got) - softmax1(ref)).max() < 1e-5
     assert_same_classes(got.argmax(0), ref)
     # the five tiles alone: their sums are the reference's over what they cover

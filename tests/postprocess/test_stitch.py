@@ -152,24 +152,35 @@ def test_rerun_resumes_and_gives_the_same_labels(tmp_path):
 
 def test_relabel_pass_labels_blocks_again_and_refuses_a_mask_changed_meanwhile(tmp_path):
     """No per-block label array is stored: the relabel pass labels each block again, and a mask
-    that changed between the passes (one more component in a block) is refused, not half-applied."""
+    that changed between the passes (one more component in a block, or as many of other sizes) is
+    refused: the block fails, naming itself."""
     from alseg.errors import WorkFailedError
 
     mask = random_blobs((16, 32, 32), seed=6)
     got, _ = stitch(tmp_path, mask, (8, 16, 16), name="a")
     assert same_partition(got, oracle(mask, 26))
     assert not (tmp_path / "work-a" / "local.zarr").exists()
-    for record in (tmp_path / "work-a" / "relabel").glob("*.json"):  # interrupted before the relabel pass
-        record.unlink()
-    changed = mask.copy()
-    changed[:2, :2, :2] = False
-    changed[0, 0, 0] = True  # an isolated voxel
-    assert ndimage.label(changed[:8, :16, :16], structure=structure(26))[1] != ndimage.label(mask[:8, :16, :16], structure=structure(26))[1]
-    vol = open_volume(str(tmp_path / "mask.zarr"), mode="r+")
-    vol.write(vol.bounds, changed.astype(np.uint8))
+    first = mask[:8, :16, :16]
+    labels, n = ndimage.label(first, structure=structure(26))
+    isolated = mask.copy()
+    isolated[:2, :2, :2] = False
+    isolated[0, 0, 0] = True  # an isolated voxel: one more component
+    # one voxel more for a component: a background voxel inside the block that touches exactly one
+    touching = [ndimage.binary_dilation(labels == i, structure(26)) & ~first for i in range(1, n + 1)]
+    only_one = (np.sum(touching, axis=0) == 1)
+    only_one[[0, -1], :, :] = only_one[:, [0, -1], :] = only_one[:, :, [0, -1]] = False  # not on the block's faces
+    grown = mask.copy()
+    grown[:8, :16, :16][tuple(np.argwhere(only_one)[0])] = True
+    assert ndimage.label(isolated[:8, :16, :16], structure=structure(26))[1] == n + 1
+    assert ndimage.label(grown[:8, :16, :16], structure=structure(26))[1] == n
     out = open_volume(str(tmp_path / "mask.zarr/labels/a"))
-    with pytest.raises(WorkFailedError, match="b_0_0_0.*DataError.*the mask changed"):
-        label_components(str(tmp_path / "mask.zarr"), out.url, block_shape=(8, 16, 16), work_dir=tmp_path / "work-a")
+    vol = open_volume(str(tmp_path / "mask.zarr"), mode="r+")
+    for changed, what in ((isolated, f"{n + 1} components now against {n}"), (grown, f"{n} components now against {n} .*other sizes")):
+        for record in (tmp_path / "work-a" / "relabel").glob("*.json"):  # interrupted before the relabel pass
+            record.unlink()
+        vol.write(vol.bounds, changed.astype(np.uint8))
+        with pytest.raises(WorkFailedError, match=f"b_0_0_0.*DataError.*{what}.*the mask changed"):
+            label_components(str(tmp_path / "mask.zarr"), out.url, block_shape=(8, 16, 16), work_dir=tmp_path / "work-a")
 
 
 @pytest.mark.ray
