@@ -5,8 +5,9 @@ folder once, then for each block reads the write region grown by the halo (clipp
 volume's edge, as nnU-Net's own predictor sees no voxels beyond it), normalises it with the
 dataset's :class:`~alseg.nnunet.dataset.IntensityNorm`, runs nnU-Net's sliding window with
 Gaussian weighting (its tile placement, network call and Gaussian; the tiles in batches, summed in
-float32: :mod:`alseg.nnunet.tiles`; mirroring optional; bf16 autocast on GPU), and writes the write region of the argmax class map (and, if asked,
-the foreground probability) into chunk-aligned OME-Zarr outputs. Memory follows the block, never
+float32: :mod:`alseg.nnunet.tiles`; mirroring optional; bf16 autocast on GPU), and writes the write
+region of the argmax class map (and, if asked, the foreground probability) into chunk-aligned
+OME-Zarr outputs. Memory follows the block, never
 the volume: nnU-Net's own whole-array predictor holds logits for the entire volume.
 """
 

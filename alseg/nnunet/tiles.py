@@ -66,6 +66,7 @@ class TileRunner:
             raise ValueError(f"batch_tiles must be >= 0 (0: automatic), got {batch}")
         self.predictor = predictor
         self.device = predictor.device
+        predictor.network = predictor.network.to(self.device)  # once: nnU-Net builds it on the CPU
         self.patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
         self.gauss = compute_gaussian(self.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
                                       device=torch.device("cpu")).numpy()
@@ -104,7 +105,7 @@ class TileRunner:
                     took[n].append(time.perf_counter() - t0)
             self.forward_s = (min(took[1][1:]), min(took[2][1:]))
             return cpu_batch(*self.forward_s)
-        self.predictor.network = self.predictor.network.to(self.device).eval()
+        self.predictor.network.eval()
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
@@ -143,8 +144,7 @@ class TileRunner:
         batches = list(self._batches(corners))
         if not batches:
             return
-        net = self.predictor
-        net.network = net.network.to(self.device).eval()
+        self.predictor.network.eval()
         with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), self._autocast():
             nxt = pool.submit(self._gather, data, batches[0])
             for i, tiles in enumerate(batches):

@@ -201,14 +201,13 @@ def _strip_axes(block: Block, lay: Layout) -> tuple[int, ...]:
     along z, taken by block ``(i, 0, k)``. A strip spans whole planes in its other direction, so it
     decodes each plane chunk it covers once (grown by one voxel on one side, a second row of chunks),
     where a block's own faces grown in-plane would decode up to nine."""
-    grid = [-(-n // b) for n, b in zip(lay.shape, lay.block_shape)]
     iz, iy, ix = block.index
     axes = []
-    if ix == 0 and iz < grid[0] - 1:
+    if ix == 0 and iz < lay.boundaries(0):
         axes.append(0)
-    if ix == 0 and iy < grid[1] - 1:
+    if ix == 0 and iy < lay.boundaries(1):
         axes.append(1)
-    if iy == 0 and ix < grid[2] - 1:
+    if iy == 0 and ix < lay.boundaries(2):
         axes.append(2)
     return tuple(axes)
 
