@@ -228,6 +228,30 @@ def read_bytes(url: str | os.PathLike[str]) -> bytes:
         raise DataError(f"{redact(str(url))}: does not exist") from err
 
 
+def put_file(local: str | os.PathLike[str], url: str | os.PathLike[str]) -> None:
+    """Copy a local file to ``url`` in pieces (a temporary name, then moved), making parent folders."""
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        fs.put_file(os.fspath(local), f"{path}.tmp")
+        fs.mv(f"{path}.tmp", path)
+    except Exception as err:  # noqa: BLE001 - object-storage clients raise their own hierarchies
+        raise StoreError(f"cannot write {redact(str(url))}: {_short(err)}") from err
+
+
+def get_file(url: str | os.PathLike[str], local: str | os.PathLike[str]) -> None:
+    """Copy the file at ``url`` to a local path in pieces; :class:`DataError` naming it when nothing is there."""
+    fs, path = filesystem(url)
+    try:
+        fs.get_file(path, os.fspath(local))
+    except FileNotFoundError as err:
+        raise DataError(f"{redact(str(url))}: does not exist") from err
+    except Exception as err:  # noqa: BLE001 - see put_file()
+        raise StoreError(f"cannot read {redact(str(url))}: {_short(err)}") from err
+
+
 def read_json(url: str | os.PathLike[str]) -> Any:
     """A JSON file at a path or URL; :class:`DataError` naming it when it is missing or not JSON."""
     import json

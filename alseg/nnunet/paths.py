@@ -4,6 +4,12 @@ nnU-Net finds its data through the environment variables ``nnUNet_raw``, ``nnUNe
 and ``nnUNet_results``. alseg never sets them process-wide: subprocesses get them in their own
 environment (:meth:`NnUNetDirs.env`), and in-process use (loading a model for prediction) goes
 through :meth:`NnUNetDirs.scoped`, which restores the previous values on exit.
+
+nnU-Net reads and writes local files only. With a local run directory its folders live in it;
+with a run directory on object storage nnU-Net works in a node-local scratch folder
+(:func:`scratch_root`) and what other nodes or later steps need (model folders, logs, the
+pretraining record) is published to the run directory's URL (:attr:`NnUNetDirs.url`,
+:mod:`alseg.nnunet.models`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,32 @@ TRAINERS_DIR = str(Path(__file__).resolve().parent / "trainers")
 PLANS = "nnUNetPlans"
 
 
+def scratch_root() -> str:
+    """This node's scratch folder for alseg (``ALSEG_SCRATCH``, else ``alseg-scratch-<uid>`` in the
+    system's temporary folder): nnU-Net's working folders and fetched models of run directories
+    on object storage. Nothing in it is needed after a step has published its results."""
+    import tempfile
+
+    root = os.environ.get("ALSEG_SCRATCH") or os.path.join(tempfile.gettempdir(), f"alseg-scratch-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    return root
+
+
 @dataclass(frozen=True)
 class NnUNetDirs:
     root: str  # a local folder (nnU-Net works on local files)
+    url: str | None = None  # the run directory's nnunet folder on object storage; None: root is that folder
+
+    def published(self, local: str) -> str:
+        """Where a file or folder under :attr:`root` lives in the run directory (itself when local)."""
+        if self.url is None:
+            return local
+        from alseg.io import store as st
+
+        rel = os.path.relpath(local, self.root)
+        if rel.startswith(".."):
+            raise ValueError(f"{local} is not under {self.root}")
+        return st.join(self.url, *rel.split(os.sep))
 
     @property
     def raw(self) -> str:

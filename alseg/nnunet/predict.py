@@ -27,23 +27,24 @@ from alseg.errors import SpecError
 from alseg.geometry import Block, BlockGrid, Box
 from alseg.io import store as st
 from alseg.nnunet.dataset import IntensityNorm
+from alseg.nnunet.models import CHECKPOINT, local_model
 from alseg.nnunet.paths import NnUNetDirs
 from alseg.nnunet.tiles import TileRunner
 from alseg.runtime import Resources, Runner, SerialRunner
 
 
-CHECKPOINT = "checkpoint_final.pth"
-
 
 def load_predictor(model_folder: str, *, device: str = "cpu", mirroring: bool = False, checkpoint: str = CHECKPOINT,
                    dirs_root: str | None = None, threads: int | None = None, tile_step: float = 0.5):
-    """nnU-Net's predictor for fold ``all`` of ``model_folder`` (alseg's trainer found through a scoped
-    environment); ``tile_step`` is its ``tile_step_size``."""
+    """nnU-Net's predictor for fold ``all`` of ``model_folder`` (a local folder, or a model published
+    to a run directory on object storage, fetched once per node: :func:`~alseg.nnunet.models.local_model`;
+    alseg's trainer found through a scoped environment); ``tile_step`` is its ``tile_step_size``."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     if threads:
         torch.set_num_threads(threads)
+    model_folder = local_model(model_folder)
     with contextlib.redirect_stdout(io.StringIO()):  # on CPU it prints that it stays on CPU
         predictor = nnUNetPredictor(tile_step_size=tile_step, use_gaussian=True, use_mirroring=mirroring,
                                     perform_everything_on_device=device.startswith("cuda"), device=torch.device(device),
@@ -323,7 +324,7 @@ def predict_volume(
     image = open_volume(image_url, level=level)
     grid = BlockGrid(image.shape, block_shape, halo)
     regions = [region] if isinstance(region, Box) else list(region or [])
-    with open(os.path.join(model_folder, "plans.json")) as fh:
+    with open(os.path.join(local_model(model_folder), "plans.json")) as fh:
         plans = json.load(fh)
     configuration = os.path.basename(os.path.normpath(model_folder)).split("__")[-1]
     if configuration not in plans["configurations"]:

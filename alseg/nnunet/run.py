@@ -3,6 +3,8 @@
 Every step runs nnU-Net's own code in a subprocess (``alseg.nnunet._worker``) whose environment
 holds the run directory's nnU-Net folders and the training schedule; nothing is set process-wide.
 Output goes to a log file under ``<nnunet>/logs`` and, line by line, to the caller's ``echo``.
+With a run directory on object storage the step's log files and a trained model folder are
+published there when the step ends (:mod:`alseg.nnunet.models`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from alseg.errors import AlsegError
+from alseg.io import store as st
+from alseg.nnunet.models import publish_model
 from alseg.nnunet.paths import PLANS, TRAINER, NnUNetDirs, dataset_name
 
 
@@ -39,18 +43,25 @@ def run_step(dirs: NnUNetDirs, job: dict[str, Any], *, log_name: str, extra_env:
     with open(job_file, "w") as fh:
         json.dump(job, fh, indent=1)
     tail: list[str] = []
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "alseg.nnunet._worker", job_file], env=dirs.env(**(extra_env or {})),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            tail = (tail + [line.rstrip()])[-40:]
-            if echo is not None and line.strip():
-                echo(line.rstrip())
-        rc = proc.wait()
+    try:
+        with open(log_file, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "alseg.nnunet._worker", job_file], env=dirs.env(**(extra_env or {})),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                tail = (tail + [line.rstrip()])[-40:]
+                if echo is not None and line.strip():
+                    echo(line.rstrip())
+            rc = proc.wait()
+    finally:
+        if dirs.url is not None:  # the logs of a step on a scratch folder go to the run directory, failed or not
+            for path in (job_file, log_file, job["result"]):
+                if os.path.isfile(path):
+                    st.put_file(path, dirs.published(path))
     if rc != 0:
-        raise NnUNetError(f"nnU-Net step {job['step']} failed (exit {rc}); log: {log_file}\n" + "\n".join(tail[-15:]))
+        raise NnUNetError(f"nnU-Net step {job['step']} failed (exit {rc}); log: {st.redact(dirs.published(log_file))}\n"
+                          + "\n".join(tail[-15:]))
     with open(job["result"]) as fh:
         return json.load(fh)
 
@@ -77,7 +88,8 @@ def model_folder(dirs: NnUNetDirs, dataset_id: int, name: str, configuration: st
 
 def train(dirs: NnUNetDirs, dataset_id: int, name: str, schedule: Any, *, configuration: str = "3d_fullres",
           device: str = "auto", pretrained: str | None = None, echo=None) -> str:
-    """Train on all cases of the dataset (fold ``all``); returns the model folder.
+    """Train on all cases of the dataset (fold ``all``); returns the model folder as the run
+    directory names it (published there when the run directory is on object storage).
 
     ``schedule`` is a :class:`alseg.spec.TrainingSpec` (epochs, iterations, learning rate,
     validation); ``pretrained`` a checkpoint whose weights (all but the segmentation heads)
@@ -94,7 +106,7 @@ def train(dirs: NnUNetDirs, dataset_id: int, name: str, schedule: Any, *, config
     folder = model_folder(dirs, dataset_id, name, configuration)
     if not os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
         raise NnUNetError(f"training finished without {folder}/fold_all/checkpoint_final.pth")
-    return folder
+    return publish_model(dirs, folder)
 
 
 def preprocess_seconds(dirs: NnUNetDirs, dataset_id: int, name: str, *, configuration: str = "3d_fullres") -> tuple[float, int]:

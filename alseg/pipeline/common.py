@@ -27,15 +27,38 @@ def input_norm(spec: JobSpec):
     return IntensityNorm.of_volume(spec.input.url, missing_chunks=spec.input.missing_chunks)
 
 
-def nnunet_dirs(spec: JobSpec):
-    """nnU-Net's folders under the run directory (nnU-Net reads and writes local files only)."""
-    from alseg.errors import SpecError
-    from alseg.nnunet import NnUNetDirs
+def nnunet_url(spec: JobSpec) -> str:
+    """The run directory's nnU-Net folder (records, published models, logs)."""
+    return st.join(spec.run.dir, "nnunet")
 
-    if st.protocol_of(spec.run.dir) not in ("file", "local"):
-        raise SpecError(f"run.dir {st.redact(spec.run.dir)}: the nnU-Net stages need a local run directory "
-                        "(nnU-Net reads and writes local files); keep the input on object storage, the run directory local")
-    return NnUNetDirs(st.join(spec.run.dir, "nnunet"))
+
+def nnunet_dirs(spec: JobSpec):
+    """nnU-Net's folders: in the run directory when it is local; else in this node's scratch
+    folder (one per run directory), publishing to the run directory's URL (nnU-Net reads and
+    writes local files only)."""
+    from alseg.nnunet import NnUNetDirs
+    from alseg.nnunet.paths import scratch_root
+
+    url = nnunet_url(spec)
+    if st.is_local(url):
+        return NnUNetDirs(str(st.local_path(url)))
+    key = digest(st.redact(spec.run.dir))[:16]
+    return NnUNetDirs(st.join(scratch_root(), "nnunet", key), url=url)
+
+
+def pretrain_record_url(spec: JobSpec) -> str:
+    return st.join(nnunet_url(spec), "pretrain.json")
+
+
+def pretrain_record(spec: JobSpec, *, needed_by: str) -> dict[str, Any]:
+    """The pretraining's record (model, intensity normalisation); :class:`SpecError` saying that
+    ``needed_by`` needs the pretraining stage first when there is none."""
+    from alseg.errors import SpecError
+
+    url = pretrain_record_url(spec)
+    if not st.exists(url):
+        raise SpecError(f"{needed_by}: no pretrained model in the run directory: run the pretraining stage first (alseg pretrain)")
+    return st.read_json(url)
 
 
 def embedding_dir(spec: JobSpec) -> str:
@@ -57,10 +80,12 @@ def fresh_dataset(dirs: Any, dataset_id: int, name: str) -> None:
     """Remove what an earlier run with other inputs left for this dataset (raw cases, preprocessed data, models)."""
     import shutil
 
+    from alseg.nnunet.models import unpublish_dataset
     from alseg.nnunet.paths import dataset_name
 
     for root in (dirs.raw, dirs.preprocessed, dirs.results):
         shutil.rmtree(st.join(root, dataset_name(dataset_id, name)), ignore_errors=True)
+    unpublish_dataset(dirs, dataset_id, name)
 
 
 def device_for(stage: Any, device: str = "auto", *, label: str) -> tuple[Any, str]:

@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 from alseg.errors import DataError, SpecError
 from alseg.geometry import Box
-from alseg.nnunet import IntensityNorm, export_dataset, plan_and_preprocess, train, transfer_plans
+from alseg.nnunet import IntensityNorm, NnUNetDirs, export_dataset, plan_and_preprocess, train, transfer_plans
+from alseg.nnunet.models import CHECKPOINT, local_model
+from alseg.nnunet.paths import PLANS, dataset_name
 from alseg.pipeline.common import fresh_dataset, input_norm, nnunet_dirs
 from alseg.rundir import claim
 from alseg.spec import JobSpec
@@ -28,6 +30,20 @@ def round_dataset(round_index: int) -> tuple[int, str]:
     if not 1 <= round_index <= 899:
         raise SpecError(f"fine-tuning round {round_index} outside 1..899 (nnU-Net dataset ids)")
     return 100 + round_index, f"round{round_index:02d}"
+
+
+def _restore_pretraining_plans(dirs: NnUNetDirs, model: str) -> None:
+    """The pretraining's plans and fingerprint where carrying plans looks for them, from the
+    pretrained model folder (``model``, local), when this node's nnU-Net folders lack them (a
+    run directory on object storage, fine-tuned on another node than the one that pretrained)."""
+    import shutil
+
+    target = os.path.join(dirs.preprocessed, dataset_name(PRETRAIN_DATASET, "pseudo"))
+    if os.path.isfile(os.path.join(target, PLANS + ".json")):
+        return
+    os.makedirs(target, exist_ok=True)
+    shutil.copy(os.path.join(model, "dataset_fingerprint.json"), os.path.join(target, "dataset_fingerprint.json"))
+    shutil.copy(os.path.join(model, "plans.json"), os.path.join(target, PLANS + ".json"))
 
 
 def run_finetune(spec: JobSpec, round_index: int, patches: list[tuple[int, Box]], labels_url: str, *,
@@ -52,8 +68,10 @@ def run_finetune(spec: JobSpec, round_index: int, patches: list[tuple[int, Box]]
                         "the pretrained model")
     checkpoint = None
     if pretrained is not None:
+        source = local_model(pretrained["model_folder"])
+        _restore_pretraining_plans(dirs, source)
         transfer_plans(dirs, PRETRAIN_DATASET, dataset, configuration=n.configuration, echo=echo)
-        checkpoint = os.path.join(pretrained["model_folder"], "fold_all", "checkpoint_final.pth")
+        checkpoint = os.path.join(source, "fold_all", CHECKPOINT)
     else:
         plan_and_preprocess(dirs, dataset, configuration=n.configuration, overrides=n.plan_overrides.model_dump(), echo=echo)
     folder = train(dirs, dataset, name, n.finetune, configuration=n.configuration, device=n.device, pretrained=checkpoint,

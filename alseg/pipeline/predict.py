@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -13,7 +12,7 @@ from alseg.errors import SpecError
 from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.io.omezarr import create_label_image
-from alseg.pipeline.common import device_for, input_volume, nnunet_dirs
+from alseg.pipeline.common import device_for, input_volume, pretrain_record
 from alseg.pipeline.records import Signature, field_values
 from alseg.pyramid import build_pyramid
 from alseg.rundir import claim
@@ -27,11 +26,7 @@ def _classes_to_mask(classes: np.ndarray, value: int = 1) -> np.ndarray:
 
 def pretrained_model(spec: JobSpec) -> tuple[str, dict[str, float]]:
     """The pretrained nnU-Net's model folder and intensity normalisation (from ``pretrain.json``)."""
-    record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
-    if not os.path.isfile(record_path):
-        raise SpecError("no trained model in the run directory: run the pretraining stage first (alseg pretrain)")
-    with open(record_path) as fh:
-        record = json.load(fh)
+    record = pretrain_record(spec, needed_by="prediction")
     return record["model_folder"], record["norm"]
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from alseg.io import store as st
-from alseg.pipeline.common import digest, fresh_dataset, input_norm, input_volume, nnunet_dirs
+from alseg.nnunet.models import model_exists
+from alseg.pipeline.common import digest, fresh_dataset, input_norm, input_volume, nnunet_dirs, pretrain_record_url
 from alseg.pipeline.pseudolabels import run_pseudolabels
 from alseg.rundir import claim
 from alseg.spec import JobSpec
@@ -17,10 +18,9 @@ def run_pretrain(spec: JobSpec, *, progress: bool = True, echo: Any = None) -> d
     Every pool patch (the held-out region excluded) becomes a case of ``Dataset001_pseudo``;
     plans follow the spec's overrides; the model folder and the intensity normalisation are
     recorded in ``<run dir>/nnunet/pretrain.json``. A rerun with the same inputs reuses them.
+    With a run directory on object storage nnU-Net works in this node's scratch folder and the
+    model is published to the run directory (:mod:`alseg.nnunet.models`).
     """
-    import json
-    import os
-
     from alseg import __version__
     from alseg.io.omezarr import open_volume
     from alseg.nnunet import export_dataset, plan_and_preprocess, train
@@ -38,11 +38,10 @@ def run_pretrain(spec: JobSpec, *, progress: bool = True, echo: Any = None) -> d
                  "pretrain": n.pretrain.model_dump(mode="json"), "input": st.redact(spec.input.url), "level": spec.input.level,
                  "alseg": __version__}
     sig_sha = digest(signature)
-    record_path = os.path.join(dirs.root, "pretrain.json")
-    if os.path.isfile(record_path):
-        with open(record_path) as fh:
-            record = json.load(fh)
-        if record.get("signature_sha256") == sig_sha and os.path.isfile(os.path.join(record["model_folder"], "fold_all", "checkpoint_final.pth")):
+    record_url = pretrain_record_url(spec)
+    if st.exists(record_url):
+        record = st.read_json(record_url)
+        if record.get("signature_sha256") == sig_sha and model_exists(record["model_folder"]):
             return {**record, "reused": True}
     fresh_dataset(dirs, 1, "pseudo")
     norm = input_norm(spec)
@@ -60,6 +59,5 @@ def run_pretrain(spec: JobSpec, *, progress: bool = True, echo: Any = None) -> d
     record = {"signature": signature, "signature_sha256": sig_sha, "model_folder": folder, "norm": norm.to_json(),
               "cases": len(boxes), "patch_size": conf["patch_size"], "batch_size": conf["batch_size"],
               "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"]}
-    with open(record_path, "w") as fh:
-        json.dump(record, fh, indent=1)
+    st.write_json(record_url, record)
     return {**record, "reused": False}

@@ -17,7 +17,7 @@ import numpy as np
 from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.io.omezarr import output_record
-from alseg.pipeline.common import (device_for, digest, embedding_dir, input_volume, nnunet_dirs, pseudolabels_url,
+from alseg.pipeline.common import (device_for, digest, embedding_dir, input_volume, pretrain_record, pseudolabels_url,
                                    selection_url)
 from alseg.pipeline.content import foreground_fractions, selection_diagnostics
 from alseg.pipeline.embedding import run_embed
@@ -30,8 +30,6 @@ def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | N
     """Uncertainty of every candidate patch under a trained nnU-Net (the pretrained one unless
     ``model_folder`` and its ``norm`` are given): ``{"scores": {measure: list}, ...}``, kept in
     ``<run dir>/selection/scores-<signature>.json`` and reused while model and parameters stay."""
-    import json
-    import os
 
     from alseg import __version__
     from alseg.errors import SpecError
@@ -41,12 +39,8 @@ def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | N
 
     claim(spec)
     if model_folder is None:
-        record_path = os.path.join(nnunet_dirs(spec).root, "pretrain.json")
-        if not os.path.isfile(record_path):
-            raise SpecError(f"selection.method {spec.selection.method!r} ranks patches by a trained model's uncertainty: "
-                            "run the pretraining stage first (alseg pretrain)")
-        with open(record_path) as fh:
-            record = json.load(fh)
+        record = pretrain_record(spec, needed_by=f"selection.method {spec.selection.method!r} ranks patches by a "
+                                 "trained model's uncertainty")
         model_folder, norm = record["model_folder"], record["norm"]
     if norm is None:
         raise SpecError("scoring with a given model folder needs its intensity normalisation")
@@ -54,7 +48,7 @@ def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | N
     mode, samples = (sel.mode, sel.samples) if sel.method == "bald" else ("none", 1)
     image = input_volume(spec)
     patches = patch_grid_of(spec, image.shape).patches()
-    checkpoint = os.path.join(model_folder, "fold_all", "checkpoint_final.pth")
+    checkpoint = st.join(model_folder, "fold_all", "checkpoint_final.pth")
     signature = {"model": st.sha256(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
                  "input": st.redact(spec.input.url), "level": spec.input.level, "patches": spec.patches.model_dump(mode="json"),
                  "norm": norm, "alseg": __version__}

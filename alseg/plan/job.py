@@ -109,8 +109,6 @@ class JobPlan:
     warnings: list[str]
     sources: list[str] = field(default_factory=list)
     """Where the volume's shape, bytes per voxel and voxel size, and the nodes' CPUs came from."""
-    refusals: list[str] = field(default_factory=list)
-    """What ``alseg run`` will refuse in this spec (also the first warnings)."""
 
     @property
     def total_seconds(self) -> float:

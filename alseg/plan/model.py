@@ -42,9 +42,8 @@ The model (every plan prints these; each stage also lists what its number rests 
 * selection, annotation, embedding quality, the measurement table and the report are not
   measured by ``alseg calibrate``: their small figures are formulas marked *assumed*.
 
-Besides times, a plan names what ``alseg run`` will refuse (:func:`refusals`: a run directory on
-object storage, where the nnU-Net stages need local files) and where its inputs came from
-(``sources``: the volume's shape, bytes and voxel size, the nodes' CPUs).
+Besides times, a plan names where its inputs came from (``sources``: the volume's shape, bytes and
+voxel size, the nodes' CPUs, what a run directory on object storage asks of the nodes' scratch).
 """
 
 from __future__ import annotations
@@ -54,38 +53,20 @@ from collections.abc import Sequence
 
 from alseg.errors import SpecError
 from alseg.io import store as st
-from alseg.pipeline.graph import Stage
 from alseg.pipeline.graph import plan as stage_graph
 from alseg.plan.job import ASSUMPTIONS, Cluster, JobContext, JobPlan
 from alseg.plan.profile import Profile, differences
 from alseg.plan.stages import project_stage
-from alseg.select import uncertainty_measure
 from alseg.spec import JobSpec
 
-NNUNET_STAGES = ("pretrain", "finetune", "evaluate", "predict")
-"""Stages (by kind) that open nnU-Net's folders under the run directory (``nnunet_dirs``)."""
-
-
-def refusals(spec: JobSpec, graph: Sequence[Stage]) -> list[str]:
-    """What ``alseg run`` will refuse in ``spec``, naming the first stage that fails: nnU-Net reads
-    and writes local files, so its stages refuse a run directory on object storage."""
+def object_storage_note(spec: JobSpec) -> list[str]:
+    """What a run directory on object storage means for the nodes (their scratch folders)."""
     scheme = st.protocol_of(spec.run.dir)
     if scheme == "file":
         return []
-    scores = uncertainty_measure(spec.selection) is not None
-
-    def opens_nnunet(key: str) -> bool:
-        kind = key.partition("-")[0]
-        return kind in NNUNET_STAGES or (kind == "select" and scores)
-
-    keys = [s.key for s in graph]
-    first = next((i for i, k in enumerate(keys) if opens_nnunet(k)), None)
-    if first is None:
-        return []
-    before = f"after {', '.join(keys[:first])} ran" if first else "at once"
-    return [f"`alseg run` WILL FAIL at stage {keys[first]} ({before}): run.dir {st.redact(spec.run.dir)} is on object "
-            f"storage ({scheme}), and the nnU-Net stages need a local or shared-filesystem run directory (nnU-Net reads "
-            "and writes local files). Keep the input on object storage; set run.dir to a local or shared path"]
+    return [f"run.dir is on object storage ({scheme}): nnU-Net plans, preprocesses and trains in the training node's "
+            "scratch folder (ALSEG_SCRATCH, else the system's temporary folder; room for the preprocessed pool), "
+            "publishes each model to the run directory, and every predicting node fetches it once into its own scratch"]
 
 
 def project(spec: JobSpec, shape: Sequence[int], cluster: Cluster, profile: Profile, *, dtype_bytes: int = 1,
@@ -109,7 +90,7 @@ def project(spec: JobSpec, shape: Sequence[int], cluster: Cluster, profile: Prof
                         f"holdout leave none in a volume of {tuple(shape)}")
     graph = stage_graph(spec)
     stages = [project_stage(job, stage) for stage in graph]
-    refused = refusals(spec, graph)
+    said += object_storage_note(spec)
     # the built-in default was measured at no spec's settings: its own warning says so
     warnings = list(dict.fromkeys(job.warnings + ([] if profile.assumption else differences(profile, spec))))
     if profile.assumption:
@@ -118,7 +99,7 @@ def project(spec: JobSpec, shape: Sequence[int], cluster: Cluster, profile: Prof
     if spec.resources.backend == "serial" and (cluster.nodes > 1 or cluster.gpus_per_node > 1):
         warnings.append("resources.backend is serial: one worker runs everything, whatever the cluster")
     return JobPlan(spec.name, job.shape, job.dtype, voxel, cluster, profile.describe(), profile.assumption, job.pool, stages,
-                   list(ASSUMPTIONS), refused + warnings, sources=said, refusals=refused)
+                   list(ASSUMPTIONS), warnings, sources=said)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -151,7 +132,6 @@ def render(plan: JobPlan) -> str:
              f"{_bytes(plan.input_bytes)} at {plan.dtype_bytes} B/voxel), "
              f"{c.nodes} node(s) x {c.gpus_per_node} GPU(s), {c.cpus_per_node} CPUs per node",
              f"profile: {plan.profile}"]
-    lines += [f"!! {r}" for r in plan.refusals]
     if plan.sources:
         lines += ["sources:"] + [f"  - {s}" for s in plan.sources]
     lines += [f"candidate patches (pool): {plan.pool_patches:,}", ""]

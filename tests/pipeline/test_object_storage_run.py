@@ -1,0 +1,156 @@
+"""`configs/mitoem-full.yaml` as it is (input and run directory on object storage), pointed at a
+small synthetic volume on the S3 server on 127.0.0.1 (moto), with only sizes, the labeller (no
+CellSAM weights here), the training schedules and the backend shrunk through a spec override:
+preflight passes and `alseg run` runs end to end with nothing of the run on local disk but each
+node's scratch folder. Nodes are told apart by their scratch folders (``ALSEG_SCRATCH``): a
+node that did not train predicts from the published model and fine-tunes from the published
+pretraining.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from alseg.annotate.store import annotations_url
+from alseg.geometry import Box
+from alseg.io import store as st
+from alseg.io.omezarr import open_volume
+from alseg.nnunet.models import MANIFEST, local_model
+from alseg.pipeline import run_job
+from alseg.pipeline.common import pretrain_record
+from alseg.pipeline.finetune import run_finetune
+from alseg.pipeline.predict import run_predict
+from alseg.pipeline.records import read_record
+from alseg.preflight import preflight
+from alseg.spec import parse_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+REPO = Path(__file__).resolve().parents[2]
+MITOEM = REPO / "configs" / "mitoem-full.yaml"
+TRAIN = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "final_validation": False}
+SHRINK = {  # the override: sizes, labeller, schedules, backend; input.url and run.dir stay the config's
+    "patches.shape_vox": [8, 32, 32],
+    "pseudolabel": {"method": "classical", "block_shape_vox": [8, 64, 64], "halo_px": 16, "min_size_vox": 20},
+    "nnunet.plan_overrides": {"patch_size_vox": [8, 32, 32], "batch_size": 2, "n_stages": 3, "features_per_stage": [4, 8, 16]},
+    "nnunet.device": "cpu", "nnunet.pretrain": TRAIN, "nnunet.finetune": {**TRAIN, "learning_rate": 0.003},
+    "embedding": {"epochs": 1, "batch_size": 8, "slices_per_patch": 2},
+    "selection.budget": 1, "selection.n_initial": 1, "selection.rounds": 1,
+    "prediction.block_shape_vox": [8, 32, 32], "prediction.halo_vox": [2, 8, 8], "prediction.mirroring": False,
+    "postprocess.block_shape_vox": [8, 32, 32], "postprocess.min_size_vox": 5,
+    "resources": {"backend": "serial"},
+}
+
+
+def _shrunk() -> dict:
+    d = yaml.safe_load(MITOEM.read_text())
+    for path, value in SHRINK.items():
+        node = d
+        *head, last = path.split(".")
+        for part in head:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return d
+
+
+def _published(spec, round_index: int) -> str:
+    return st.join(spec.run.dir, "nnunet", "results", f"Dataset{100 + round_index:03d}_round{round_index:02d}",
+                   "nnUNetTrainerAlseg__nnUNetPlans__3d_fullres")
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3_server, tmp_path_factory):
+    import boto3
+    import fsspec
+
+    from alseg.synth import SynthParams, write_synthetic
+
+    tmp = tmp_path_factory.mktemp("s3run")
+    spec = parse_spec(_shrunk())
+    assert (spec.input.url, spec.run.dir) == ("s3://em-data/mitoem/rat.zarr", "s3://em-runs/mitoem-rat")
+    client = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    for bucket in ("em-data", "em-runs"):
+        client.create_bucket(Bucket=bucket)
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    write_synthetic(spec.input.url, SynthParams.preset("easy", shape=(16, 64, 64), seed=3))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ALSEG_SCRATCH", str(tmp / "node-a"))
+    (tmp / "node-a").mkdir()
+    mp.chdir(tmp / "node-a")  # anything written to a relative path would land here
+    try:
+        report = preflight(spec)
+        assert report.problems == [], report.problems
+        outcome = run_job(spec, progress=False, say=lambda _: None)
+    finally:
+        mp.undo()
+    yield spec, outcome, tmp
+
+
+def test_the_mitoem_config_runs_end_to_end_on_object_storage(s3_run):
+    spec, outcome, tmp = s3_run
+    assert all(s.state == "ran" for s in outcome.states)
+    assert [s.key for s in outcome.states][-3:] == ["predict", "measure", "report"]
+    record = pretrain_record(spec, needed_by="this test")
+    assert record["model_folder"] == st.join(spec.run.dir, "nnunet", "results", "Dataset001_pseudo",
+                                             "nnUNetTrainerAlseg__nnUNetPlans__3d_fullres")
+    assert read_record(spec, "finetune-01")["result"]["model_folder"] == _published(spec, 1)
+    for model in (record["model_folder"], _published(spec, 1)):
+        assert st.exists(st.join(model, MANIFEST)) and st.exists(st.join(model, "fold_all", "checkpoint_final.pth"))
+    for log in ("plan-001.log", "train-001.log", "transfer-001-101.log", "train-101.log"):
+        assert st.exists(st.join(spec.run.dir, "nnunet", "logs", log)), log
+    instances = open_volume(st.join(spec.run.dir, "prediction", "instances.zarr")).read()
+    assert instances.shape == (16, 64, 64) and instances.max() > 0
+    assert "f1" in str(read_record(spec, "evaluate-01")["result"]["scores"])
+    # on local disk: this node's scratch (nnU-Net's folders, the models it fetched), nothing else
+    local = sorted(p.name for p in (tmp / "node-a").iterdir())
+    assert local == ["models", "nnunet"], local
+
+
+def test_a_node_that_did_not_train_predicts_the_same_from_the_published_model(s3_run, monkeypatch):
+    spec, _, tmp = s3_run
+    monkeypatch.setenv("ALSEG_SCRATCH", str(tmp / "node-b"))
+    norm = pretrain_record(spec, needed_by="this test")["norm"]
+    out = st.join(spec.run.dir, "check-node-b")
+    run_predict(spec, model_folder=_published(spec, 1), norm=norm, out_dir=out, work_key="check-node-b", progress=False)
+    for name in ("classes.zarr", "instances.zarr"):
+        np.testing.assert_array_equal(open_volume(st.join(out, name)).read(),
+                                      open_volume(st.join(spec.run.dir, "prediction", name)).read(), err_msg=name)
+    assert local_model(_published(spec, 1)).startswith(str(tmp / "node-b" / "models"))
+
+
+def test_a_node_that_did_not_pretrain_finetunes_from_the_published_pretraining(s3_run, monkeypatch):
+    """nnU-Net's training is not seeded (its augmentation draws freely), so the new round-1 model is
+    checked by what it must share with the first: the pretraining's plans, carried over, and
+    weights that start from the pretrained ones (a short fine-tune moves them little)."""
+    import json
+
+    import torch
+
+    spec, _, tmp = s3_run
+
+    def weights(model: str) -> dict:
+        return torch.load(os.path.join(local_model(model), "fold_all", "checkpoint_final.pth"), map_location="cpu",
+                          weights_only=False)["network_weights"]
+
+    def plans(model: str) -> dict:
+        return json.loads(Path(local_model(model), "plans.json").read_text())
+
+    pretrained = pretrain_record(spec, needed_by="this test")
+    first_plans = plans(_published(spec, 1))
+    monkeypatch.setenv("ALSEG_SCRATCH", str(tmp / "node-c"))
+    res = read_record(spec, "finetune-01")["result"]
+    patches = [(int(i), Box(tuple(b[:3]), tuple(b[3:]))) for i, b in zip(res["patch_ids"], res["boxes"])]
+    again = run_finetune(spec, 1, patches, annotations_url(spec), pretrained=pretrained)
+    assert again["model_folder"] == _published(spec, 1) and again["cases"] == len(patches)
+    assert plans(again["model_folder"]) == first_plans
+    start, tuned = weights(pretrained["model_folder"]), weights(again["model_folder"])
+    encoder = [k for k in start if k.startswith("encoder.") and k.endswith(".weight") and start[k].dim() == 5]
+    assert encoder and start.keys() == tuned.keys()
+    for k in encoder:
+        moved = float(torch.linalg.norm(tuned[k] - start[k]) / torch.linalg.norm(start[k]))
+        assert moved < 0.2, (k, moved)  # from a fresh initialisation it would be about 1.4
+    assert Path(tmp / "node-c" / "nnunet").is_dir() and Path(tmp / "node-c" / "models").is_dir()
