@@ -67,6 +67,8 @@ class RayRunner(Runner):
         node_wait_s: float = 0.0,
     ) -> None:
         super().__init__(retries=retries, max_in_flight=max_in_flight, progress=progress)
+        if address is None and os.environ.get("RAY_ADDRESS"):
+            address = os.environ["RAY_ADDRESS"]  # set by Ray for a job's driver (alseg submit): join that cluster
         self.address = address
         self.node_wait_s = node_wait_s
         """None: a local cluster on 127.0.0.1 started by this runner (or one already running here)."""

@@ -1,0 +1,203 @@
+"""`alseg submit / jobs / logs / stop` against a real Ray head with the Jobs API and token
+authentication, started on 127.0.0.1 by this module and stopped by its own process ids."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from alseg.cli import main
+from alseg.io.omezarr import open_volume
+from alseg.runtime import jobs
+from alseg.spec import load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spec(folder: Path, name: str, volume: Path, **over) -> Path:
+    d = {"name": name, "input": {"url": str(volume), "ground_truth": "mitochondria"}, "run": {"dir": str(folder / name)},
+         "patches": {"shape_vox": [8, 32, 32], "holdout": {"kind": "fraction", "axis": "z", "fraction": 0.5}},
+         "pseudolabel": {"method": "classical", "block_shape_vox": [8, 64, 64], "halo_px": 16, "min_size_vox": 20},
+         "nnunet": {"device": "cpu", "plan_overrides": {"patch_size_vox": [8, 32, 32], "batch_size": 2, "n_stages": 3,
+                                                         "features_per_stage": [4, 8, 16]},
+                    "pretrain": {"epochs": 50, "iterations_per_epoch": 50}},
+         "selection": {"method": "random", "budget": 1},
+         "resources": {"backend": "serial", "nnunet": {"cpus": 1}}, **over}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head (Jobs API on 127.0.0.1, token authentication, 2 CPUs) in its own session; its
+    temporary folder is short (Ray's socket paths have a length limit)."""
+    tmp = Path(tempfile.mkdtemp(prefix="aj", dir="/tmp"))
+    token = secrets.token_hex(16)
+    port, dash, client, agent = (_port() for _ in range(4))
+    env = {**os.environ, "HOME": str(tmp / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),
+           "RAY_USAGE_STATS_ENABLED": "0", "AUTOSCALER_METRIC_PORT": str(_port()), "DASHBOARD_METRIC_PORT": str(_port())}
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "ALSEG_JOB_SPEC"):
+        env.pop(key, None)
+    log = open(tmp / "head.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                             f"--dashboard-agent-listen-port={agent}", f"--temp-dir={tmp / 't'}", "--num-cpus=2",
+                             "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                req = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
+                urllib.request.urlopen(req, timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail("the Ray head did not start:\n" + (tmp / "head.log").read_text()[-3000:])
+                time.sleep(1)
+        yield address, token, tmp
+    finally:
+        import psutil
+
+        os.kill(proc.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
+        proc.wait(timeout=60)
+        log.close()
+        deadline = time.time() + 30
+        while (left := [p for p in psutil.process_iter(["pid", "cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]) \
+                and time.time() < deadline:
+            time.sleep(1)
+        for p in left:  # our own leftovers, by pid
+            p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert not left, f"the head left processes: {[p.info['cmdline'][:3] for p in left]}"
+
+
+def _until(c, job: str, states: tuple[str, ...], timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while (now := jobs.status(c, job)) not in states:
+        assert time.time() < deadline, f"{job} still {now}"
+        time.sleep(1)
+    return now
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_submit_two_follow_both_stop_a_third(head, tmp_path, capsys, monkeypatch):
+    from alseg.pipeline.pseudolabels import run_pseudolabels
+    from alseg.synth import SynthParams, write_synthetic
+
+    address, token, _ = head
+    volume = tmp_path / "v.zarr"
+    write_synthetic(volume, SynthParams.preset("easy", shape=(16, 64, 64), seed=3))
+    specs = [_spec(tmp_path, f"cell-{i}", volume, pseudolabel={"method": "classical", "block_shape_vox": [8, 64, 64],
+                                                                "halo_px": 16, "min_size_vox": 20 + 10 * i})
+             for i in (1, 2)]
+    monkeypatch.setenv("ALSEG_TEST_TOKEN", token)
+    cluster = ["--address", address, "--token-env", "ALSEG_TEST_TOKEN"]
+
+    assert main(["submit", *map(str, specs), "--stage", "pseudolabel", "--wait", *cluster]) == 0
+    out = capsys.readouterr().out
+    ids = [line.split()[0] for line in out.splitlines() if line.startswith("alseg-cell-") and "from " in line]
+    assert len(ids) == 2 and all(f"{i}: SUCCEEDED" in out for i in ids)
+    # each job's output equals the same stage run here, in this process
+    for spec_path, name in zip(specs, ("cell-1", "cell-2")):
+        spec = load_spec(spec_path)
+        here = parse_spec({**yaml.safe_load(spec_path.read_text()), "run": {"dir": str(tmp_path / f"{name}-here")}})
+        ours = run_pseudolabels(here, progress=False)["url"]
+        np.testing.assert_array_equal(open_volume(str(Path(spec.run.dir) / "pseudolabels.zarr")).read(),
+                                      open_volume(ours).read())
+
+    long = _spec(tmp_path, "long", volume)
+    assert main(["submit", str(long), *cluster]) == 0
+    third = capsys.readouterr().out.split()[0]
+    c = jobs.client(address, "ALSEG_TEST_TOKEN")
+    _until(c, third, ("RUNNING",))
+    deadline = time.time() + 240
+    while "pretrain" not in jobs.logs(c, third):  # the job got as far as nnU-Net's pretraining
+        assert time.time() < deadline and jobs.status(c, third) == "RUNNING", jobs.logs(c, third)[-2000:]
+        time.sleep(2)
+    assert main(["stop", third, *cluster]) == 0
+    assert "stopping" in capsys.readouterr().out
+    assert _until(c, third, jobs.TERMINAL, timeout=60) == "STOPPED"
+    assert not (tmp_path / "long" / "nnunet" / "pretrain.json").exists()
+
+    assert main(["jobs", *cluster]) == 0
+    listing = capsys.readouterr().out
+    for job, state in ((ids[0], "SUCCEEDED"), (ids[1], "SUCCEEDED"), (third, "STOPPED")):
+        assert any(line.startswith(job) and state in line for line in listing.splitlines()), listing
+    assert main(["logs", ids[0], *cluster]) == 0 and "pseudo" in capsys.readouterr().out
+    assert main(["stop", ids[0], *cluster]) == 0 and "already ended (SUCCEEDED)" in capsys.readouterr().out
+    # what the cluster holds of the jobs: the spec and version in the runtime environment, no token, no local folder
+    for job in c.list_jobs():
+        assert set(job.runtime_env) == {"env_vars"} and token not in str(job.runtime_env) + str(job.metadata)
+        assert set(job.runtime_env["env_vars"]) == {jobs.SPEC_ENV, jobs.VERSION_ENV, "RAY_USAGE_STATS_ENABLED"}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_wrong_or_missing_token_and_an_unknown_job_are_one_line_errors(head, capsys, monkeypatch):
+    address, _, _ = head
+    monkeypatch.setenv("ALSEG_TEST_TOKEN", "not-the-token")
+    assert main(["jobs", "--address", address, "--token-env", "ALSEG_TEST_TOKEN"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refused the request" in err and "not-the-token" not in err
+    monkeypatch.delenv("ALSEG_TEST_TOKEN")
+    assert main(["jobs", "--address", address, "--token-env", "ALSEG_TEST_TOKEN"]) == 1
+    assert "refused the request" in capsys.readouterr().err
+    monkeypatch.setenv("ALSEG_TEST_TOKEN", head[1])
+    assert main(["logs", "alseg-none-00000000-000000", "--address", address, "--token-env", "ALSEG_TEST_TOKEN"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such job" in err
+
+
+def test_nothing_is_submitted_when_one_spec_of_a_batch_is_wrong(tmp_path, capsys):
+    good = _spec(tmp_path, "good", tmp_path / "v.zarr")
+    relative = tmp_path / "relative.yaml"
+    relative.write_text(good.read_text().replace(str(tmp_path / "good"), "runs/good"))
+    # no cluster listens there: the batch fails before any request
+    assert main(["submit", str(good), str(relative), "--address", f"http://127.0.0.1:{_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "run.dir 'runs/good' is a relative path" in err
+
+
+def test_a_submitted_job_refuses_a_node_with_another_alseg(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(jobs.SPEC_ENV, _spec(tmp_path, "x", tmp_path / "v.zarr").read_text())
+    monkeypatch.setenv(jobs.VERSION_ENV, "0.0.0-other")
+    assert main(["run-submitted", "pseudolabel"]) == 2
+    assert "submitted with alseg 0.0.0-other" in capsys.readouterr().err
+    monkeypatch.delenv(jobs.SPEC_ENV)
+    assert main(["run-submitted", "run"]) == 2
+    assert "inside a job that `alseg submit` made" in capsys.readouterr().err
+
+
+def test_the_driver_asks_for_what_its_stage_needs(tmp_path):
+    spec = load_spec(_spec(tmp_path, "r", tmp_path / "v.zarr", resources={
+        "backend": "ray", "nnunet": {"cpus": 8, "gpus": 1, "memory_gb": 48}, "prediction": {"cpus": 4, "gpus": 1}}))
+    assert jobs.driver_resources(spec, "run").gpus == 0.0  # nnunet.device: cpu
+    gpu = spec.model_copy(update={"nnunet": spec.nnunet.model_copy(update={"device": "cuda"})})
+    res = jobs.driver_resources(gpu, "pretrain")
+    assert (res.cpus, res.gpus, res.memory_bytes) == (8.0, 1.0, 48 * 2**30)
+    assert (jobs.driver_resources(gpu, "predict").cpus, jobs.driver_resources(gpu, "predict").gpus) == (1.0, 0.0)  # Ray workers
+    serial = gpu.model_copy(update={"resources": gpu.resources.model_copy(update={"backend": "serial"})})
+    assert (jobs.driver_resources(serial, "predict").cpus, jobs.driver_resources(serial, "predict").gpus) == (4.0, 1.0)
