@@ -236,9 +236,12 @@ class RayRunner(Runner):
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as err:
-                        if isinstance(err, ray.exceptions.RayActorError):
-                            actor = actor_cls.remote(worker_cls, args_ref)  # replace the dead worker
-                        idle.append(actor)
+                        if not isinstance(err, ray.exceptions.RayActorError):
+                            idle.append(actor)
+                        elif not idle and not pending:
+                            # the last worker died: start another (a lost node's workers are not
+                            # replaced while others remain: the cluster may no longer fit them)
+                            idle.append(actor_cls.remote(worker_cls, args_ref))
                         if attempt <= self.retries:
                             queue.appendleft((item, attempt + 1))
                             continue

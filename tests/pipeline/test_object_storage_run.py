@@ -2,14 +2,18 @@
 small synthetic volume on the S3 server on 127.0.0.1 (moto), with only sizes, the labeller (no
 CellSAM weights here), the training schedules and the backend shrunk through a spec override:
 preflight passes and `alseg run` runs end to end with nothing of the run on local disk but each
-node's scratch folder. Nodes are told apart by their scratch folders (``ALSEG_SCRATCH``): a
-node that did not train predicts from the published model and fine-tunes from the published
-pretraining.
+node's scratch folder. Nodes are told apart by their scratch folders (``ALSEG_SCRATCH``): nodes
+that did not train predict from the published model, and one fine-tunes from the published
+pretraining. A Ray cluster of two nodes without a shared disk (issue 17, item 2) makes the
+same pseudo-labels, predictions and instances as the serial run, and finishes a prediction with
+the same output when one node is removed in the middle of it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +29,12 @@ from alseg.pipeline import run_job
 from alseg.pipeline.common import pretrain_record
 from alseg.pipeline.finetune import run_finetune
 from alseg.pipeline.predict import run_predict
+from alseg.pipeline.pseudolabels import run_pseudolabels
 from alseg.pipeline.records import read_record
 from alseg.preflight import preflight
 from alseg.spec import parse_spec
 
-pytestmark = [pytest.mark.slow, pytest.mark.s3]
+pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
 MITOEM = REPO / "configs" / "mitoem-full.yaml"
 TRAIN = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "final_validation": False}
@@ -110,20 +115,93 @@ def test_the_mitoem_config_runs_end_to_end_on_object_storage(s3_run):
     assert local == ["models", "nnunet"], local
 
 
-def test_a_node_that_did_not_train_predicts_the_same_from_the_published_model(s3_run, monkeypatch):
+@pytest.fixture(scope="module")
+def two_nodes(s3_run):
+    """A Ray cluster of two nodes without a shared disk: a head with no CPUs and two worker nodes of
+    one CPU each (``ray.cluster_utils.Cluster``, every process on 127.0.0.1), each node with its own
+    scratch folder. With one CPU per node, a stage's two workers run on both nodes."""
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    _, _, tmp = s3_run
+    mp = pytest.MonkeyPatch()
+    # every Ray process on 127.0.0.1 (Ray's single-machine mode), no token (a token file may exist here)
+    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    mp.setenv("RAY_AUTH_MODE", "disabled")
+    mp.setenv("ALSEG_SCRATCH", str(tmp / "driver"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        nodes = {n: cluster.add_node(num_cpus=1, env_vars={"ALSEG_SCRATCH": str(tmp / f"ray-{n}"), "PYTHONPATH": str(REPO)})
+                 for n in "ab"}
+        cluster.wait_for_nodes()
+        assert cluster.address.startswith("127.0.0.1:")
+        d = _shrunk()
+        d["run"]["dir"] = "s3://em-runs/mitoem-rat-two-nodes"
+        d["resources"] = {"backend": "ray", "ray_address": cluster.address, "pseudolabel": {"cpus": 1, "workers": 2},
+                          "prediction": {"cpus": 1, "gpus": 0, "workers": 2}, "postprocess": {"cpus": 1}}
+        yield cluster, nodes, parse_spec(d)
+    finally:
+        cluster.shutdown()
+        mp.undo()
+
+
+OUTPUTS = ("classes.zarr", "mask.zarr", "instances.zarr")
+
+
+def _read(url: str) -> np.ndarray:
+    return open_volume(url).read()
+
+
+def test_two_nodes_make_the_pseudolabels_predictions_and_instances_of_the_serial_run(s3_run, two_nodes):
     spec, _, tmp = s3_run
-    monkeypatch.setenv("ALSEG_SCRATCH", str(tmp / "node-b"))
+    _, _, on_ray = two_nodes
+    run_pseudolabels(on_ray, progress=False)
+    np.testing.assert_array_equal(_read(st.join(on_ray.run.dir, "pseudolabels.zarr")),
+                                  _read(st.join(spec.run.dir, "pseudolabels.zarr")))
     norm = pretrain_record(spec, needed_by="this test")["norm"]
-    out = st.join(spec.run.dir, "check-node-b")
-    run_predict(spec, model_folder=_published(spec, 1), norm=norm, out_dir=out, work_key="check-node-b", progress=False)
-    for name in ("classes.zarr", "instances.zarr"):
-        np.testing.assert_array_equal(open_volume(st.join(out, name)).read(),
-                                      open_volume(st.join(spec.run.dir, "prediction", name)).read(), err_msg=name)
-    assert local_model(_published(spec, 1)).startswith(str(tmp / "node-b" / "models"))
+    run_predict(on_ray, model_folder=_published(spec, 1), norm=norm, progress=False)  # the serial run's final model
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(_read(st.join(on_ray.run.dir, "prediction", name)),
+                                      _read(st.join(spec.run.dir, "prediction", name)), err_msg=name)
+    for n in "ab":  # both nodes predicted: each fetched the published model into its own scratch folder
+        cached = list((tmp / f"ray-{n}" / "models").rglob("checkpoint_final.pth"))
+        assert len(cached) == 1, (n, cached)
+
+
+def test_a_node_removed_mid_prediction_leaves_the_same_output(s3_run, two_nodes):
+    spec, _, _ = s3_run
+    cluster, nodes, on_ray = two_nodes
+    norm = pretrain_record(spec, needed_by="this test")["norm"]
+    out = st.join(on_ray.run.dir, "again")
+    work = st.join(on_ray.run.dir, "work", "predict", "again")
+    failure: list[BaseException] = []
+
+    def predict() -> None:
+        try:
+            run_predict(on_ray, model_folder=_published(spec, 1), norm=norm, out_dir=out, work_key="again", progress=False)
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+            failure.append(err)
+
+    job = threading.Thread(target=predict)
+    job.start()
+    deadline = time.time() + 300
+    fs, path = st.filesystem(work)
+    while not (fs.exists(path) and fs.find(path)):  # a first block finished
+        assert job.is_alive() and time.time() < deadline, failure
+        time.sleep(0.2)
+        fs.invalidate_cache()
+    cluster.remove_node(nodes["b"])
+    assert job.is_alive(), "the prediction ended before the node went: nothing was tested"
+    job.join(timeout=600)
+    assert not job.is_alive() and not failure, failure
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(_read(st.join(out, name)), _read(st.join(spec.run.dir, "prediction", name)),
+                                      err_msg=name)
 
 
 def test_a_node_that_did_not_pretrain_finetunes_from_the_published_pretraining(s3_run, monkeypatch):
-    """nnU-Net's training is not seeded (its augmentation draws freely), so the new round-1 model is
+    """Last in this module: it publishes a new round-1 model. nnU-Net's training is not seeded (its augmentation draws freely), so the new round-1 model is
     checked by what it must share with the first: the pretraining's plans, carried over, and
     weights that start from the pretrained ones (a short fine-tune moves them little)."""
     import json
