@@ -15,7 +15,11 @@ from alseg.spec import load_spec
 
 
 def _address(args: argparse.Namespace) -> str:
-    return args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or jobs.DEFAULT_ADDRESS
+    if args.address:
+        return args.address
+    ray_address = os.environ.get("RAY_ADDRESS", "")  # Ray's own way to point `ray job submit` at a cluster
+    return (os.environ.get("RAY_API_SERVER_ADDRESS") or (ray_address if ray_address.startswith(("http://", "https://")) else "")
+            or jobs.DEFAULT_ADDRESS)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -109,7 +113,8 @@ def add_submit_parsers(sub: Any) -> None:
 
     def cluster(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default=None,
-                       help=f"the cluster's Jobs API (default $RAY_API_SERVER_ADDRESS, else {jobs.DEFAULT_ADDRESS})")
+                       help="the cluster's Jobs API (default $RAY_API_SERVER_ADDRESS, else an http(s) $RAY_ADDRESS, else "
+                            f"{jobs.DEFAULT_ADDRESS})")
         p.add_argument("--token-env", default=jobs.TOKEN_ENV, metavar="NAME",
                        help=f"environment variable holding the cluster's token, sent as a header (default {jobs.TOKEN_ENV})")
 

@@ -4,13 +4,14 @@ A model is named by where it lives in the run directory. In a local run director
 model folder itself, used as it is. On object storage it is the folder's files, uploaded after
 training, with ``alseg-model.json`` (each file's size and sha256) written last: a folder without
 it is an upload that did not finish, never a model. A worker that needs a model on another node
-fetches it into the node's scratch folder (:func:`~alseg.nnunet.paths.scratch_root`) once, checks
-every file against the manifest, and moves the whole folder into place; later workers on that
-node find it there.
+fetches it into the node's scratch folder (:func:`~alseg.nnunet.paths.scratch_root`) once (a lock
+file makes the node's other workers wait for that copy), checks every file against the manifest,
+and moves the whole folder into place; later workers on that node find it there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -84,30 +85,41 @@ def local_model(model: str) -> str:
         raise DataError(f"no finished model at {st.redact(model)} (no {MANIFEST}: its training or upload did not "
                         "finish); rerun the stage that trains it")
     raw = st.read_bytes(manifest_url)
-    manifest = json.loads(raw)
+    try:
+        files = {str(rel): str(meta["sha256"]) for rel, meta in json.loads(raw)["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{st.redact(manifest_url)}: not a model manifest ({type(err).__name__}); rerun the stage that "
+                        "trains it") from None
+    if any(rel.startswith("/") or ".." in rel.split("/") for rel in files):
+        raise DataError(f"{st.redact(manifest_url)}: names a file outside its model folder")
     cache = os.path.join(scratch_root(), "models", hashlib.sha256(raw).hexdigest()[:16])
     # results/<dataset>/<trainer folder>: nnU-Net's results layout, which its predictor expects
     dest = os.path.join(cache, *model.rstrip("/").split("/")[-3:])
     if os.path.isfile(os.path.join(dest, MANIFEST)):
         return dest
     os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the workers of a node fetch one copy between them
+        if not os.path.isfile(os.path.join(dest, MANIFEST)):
+            _fetch(model, files, raw, cache, dest)
+    return dest
+
+
+def _fetch(model: str, files: dict[str, str], raw: bytes, cache: str, dest: str) -> None:
     tmp = tempfile.mkdtemp(prefix="fetch-", dir=cache)
     try:
-        for rel, meta in manifest["files"].items():
+        for rel, sha in files.items():
             local = os.path.join(tmp, *rel.split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)
             st.get_file(st.join(model, *rel.split("/")), local)
-            if _sha256_file(local) != meta["sha256"]:
+            if _sha256_file(local) != sha:
                 raise DataError(f"{st.redact(model)}/{rel}: its sha256 differs from the model's {MANIFEST} (the file "
                                 "changed or was damaged after training); rerun the stage that trains it")
         with open(os.path.join(tmp, MANIFEST), "wb") as fh:  # last: a copy with it is whole
             fh.write(raw)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another worker on this node moved its copy in first
-            if not os.path.isfile(os.path.join(dest, MANIFEST)):
-                raise
+        if os.path.isdir(dest):  # a copy left without its manifest (a fetch killed half-way)
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest

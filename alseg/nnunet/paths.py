@@ -31,8 +31,17 @@ def scratch_root() -> str:
     on object storage. Nothing in it is needed after a step has published its results."""
     import tempfile
 
+    import stat
+
+    from alseg.errors import SpecError
+
     root = os.environ.get("ALSEG_SCRATCH") or os.path.join(tempfile.gettempdir(), f"alseg-scratch-{os.getuid()}")
     os.makedirs(root, mode=0o700, exist_ok=True)
+    info = os.lstat(root)
+    # models are unpickled from here: a folder another user owns or may write to is refused
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise SpecError(f"scratch folder {root} must be a directory of this user that nobody else may write to "
+                        "(it holds the models alseg loads); fix its owner and mode, or set ALSEG_SCRATCH")
     return root
 
 

@@ -56,14 +56,25 @@ def run_step(dirs: NnUNetDirs, job: dict[str, Any], *, log_name: str, extra_env:
             rc = proc.wait()
     finally:
         if dirs.url is not None:  # the logs of a step on a scratch folder go to the run directory, failed or not
-            for path in (job_file, log_file, job["result"]):
-                if os.path.isfile(path):
-                    st.put_file(path, dirs.published(path))
+            _publish_logs(dirs, (job_file, log_file, job["result"]))
     if rc != 0:
         raise NnUNetError(f"nnU-Net step {job['step']} failed (exit {rc}); log: {st.redact(dirs.published(log_file))}\n"
                           + "\n".join(tail[-15:]))
     with open(job["result"]) as fh:
         return json.load(fh)
+
+
+def _publish_logs(dirs: NnUNetDirs, paths: tuple[str, ...]) -> None:
+    """Copy a step's log files to the run directory; a failure to do so is a warning (the step's
+    own outcome stands: a finished training is not lost to a log upload)."""
+    import logging
+
+    for path in paths:
+        if os.path.isfile(path):
+            try:
+                st.put_file(path, dirs.published(path))
+            except AlsegError as err:
+                logging.getLogger("alseg").warning("nnU-Net log %s stays on this node only: %s", path, err)
 
 
 def plan_and_preprocess(dirs: NnUNetDirs, dataset_id: int, *, configuration: str = "3d_fullres",

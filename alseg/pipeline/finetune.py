@@ -34,12 +34,13 @@ def round_dataset(round_index: int) -> tuple[int, str]:
 
 def _restore_pretraining_plans(dirs: NnUNetDirs, model: str) -> None:
     """The pretraining's plans and fingerprint where carrying plans looks for them, from the
-    pretrained model folder (``model``, local), when this node's nnU-Net folders lack them (a
-    run directory on object storage, fine-tuned on another node than the one that pretrained)."""
+    pretrained model folder (``model``, local). A local run directory holds them already; on
+    object storage this node's scratch may lack them (another node pretrained) or hold an earlier
+    pretraining's, so they are always taken from the model."""
     import shutil
 
     target = os.path.join(dirs.preprocessed, dataset_name(PRETRAIN_DATASET, "pseudo"))
-    if os.path.isfile(os.path.join(target, PLANS + ".json")):
+    if dirs.url is None and os.path.isfile(os.path.join(target, PLANS + ".json")):
         return
     os.makedirs(target, exist_ok=True)
     shutil.copy(os.path.join(model, "dataset_fingerprint.json"), os.path.join(target, "dataset_fingerprint.json"))

@@ -73,12 +73,18 @@ def driver_resources(spec: JobSpec, stage: str) -> Resources:
 
 
 def check_portable(spec: JobSpec, source: str) -> None:
-    """Refuse paths that mean nothing on a cluster node: relative local paths."""
-    fields = [("input.url", spec.input.url), ("run.dir", spec.run.dir)]
-    for field, value in fields:
-        if st.is_local(value) and not os.path.isabs(str(st.local_path(value))):
-            raise SpecError(f"{source}: {field} {value!r} is a relative path, which means nothing on the cluster's nodes: "
-                            "give an absolute path that every node sees, or a URL")
+    """Refuse paths that mean nothing on a cluster node: relative local paths, and ``~`` (this
+    machine's home) in any path the job reads or writes."""
+    from alseg.rundir import inputs_of
+
+    for field, value in [("run.dir", spec.run.dir), *inputs_of(spec)]:
+        if not st.is_local(value):
+            continue
+        text = value[len("file://"):] if value.startswith("file://") else value
+        if text.startswith("~") or not os.path.isabs(text):
+            raise SpecError(f"{source}: {field} {value!r} is a {'home-relative' if text.startswith('~') else 'relative'} "
+                            "path, which means nothing on the cluster's nodes: give an absolute path that every node "
+                            "sees, or a URL")
 
 
 def _headers(token_env: str) -> dict[str, str] | None:
@@ -150,7 +156,7 @@ def rows(jobs_client: Any, *, every: bool = False) -> list[JobRow]:
         out.append(JobRow(job.submission_id or job.job_id or "?", str(job.status.value if hasattr(job.status, "value") else job.status),
                           meta.get("name", "-"), meta.get("stage", "-"), meta.get("run_dir", "-"),
                           None if job.start_time is None else job.start_time / 1000, None if job.end_time is None else job.end_time / 1000,
-                          (job.message or "").strip().splitlines()[-1] if job.message else ""))
+                          "".join((job.message or "").strip().splitlines()[-1:])))
     return sorted(out, key=lambda r: r.start_s or 0.0)
 
 

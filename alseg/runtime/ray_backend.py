@@ -1,13 +1,16 @@
-"""The Ray backend: the only module of alseg that imports Ray.
+"""The Ray backend (with :mod:`alseg.runtime.jobs`, the only modules of alseg that import Ray).
 
 Functions run as Ray tasks with per-item resources; stateful workers (a model loaded once) run as
 Ray actors, one per GPU where the resources ask for GPUs. Work in flight is bounded with
 ``ray.wait``; the function itself is put in the object store once. Failures (exceptions, a worker
 process killed) are retried here, uniformly with the serial backend, so Ray's own task retries are
-off (``max_retries=0``); a dead actor is replaced before its item is retried.
+off (``max_retries=0``). A dead actor's item goes back to the queue; the actor is replaced only
+when it was the stage's last one (after checking that the cluster still fits one): the workers of
+a lost node are not waited for while others remain (the stage goes on with fewer).
 
-Without an address a local Ray is started bound to 127.0.0.1 with the dashboard off; with one
-(``"auto"``, ``"host:port"``, ``"ray://host:10001"``) the runner joins that cluster. The runner
+Without an address a local Ray is started bound to 127.0.0.1 with the dashboard off, unless
+``RAY_ADDRESS`` is set (Ray sets it for a job's driver: ``alseg submit``); with one (``"auto"``,
+``"host:port"``, ``"ray://host:10001"``) the runner joins that cluster. The runner
 shuts Ray down on :meth:`close` only if it started it.
 
 Before work is submitted, its per-worker request is checked against the cluster's live nodes: a
@@ -241,6 +244,7 @@ class RayRunner(Runner):
                         elif not idle and not pending:
                             # the last worker died: start another (a lost node's workers are not
                             # replaced while others remain: the cluster may no longer fit them)
+                            self.check_fits(resources, desc)
                             idle.append(actor_cls.remote(worker_cls, args_ref))
                         if attempt <= self.retries:
                             queue.appendleft((item, attempt + 1))

@@ -65,3 +65,14 @@ class CountingModel:
 
     def __call__(self, x: int) -> tuple[int, int]:
         return x * self.factor, os.getpid()
+
+
+class KillingModel:
+    """A stateful worker that SIGKILLs its own process the first time it sees an item (a crashed
+    actor), then computes ``10 * x``."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def __call__(self, x: int) -> int:
+        return kill_first_time((self.state, x))

@@ -71,7 +71,7 @@ def test_a_changed_file_fails_naming_it_and_leaves_no_copy(published, tmp_path, 
     monkeypatch.setenv("ALSEG_SCRATCH", str(tmp_path / "node-c"))
     with pytest.raises(DataError, match=r"fold_all/checkpoint_final.pth: its sha256 differs"):
         local_model(url)
-    assert not [p for p in (tmp_path / "node-c").rglob("*") if p.is_file()]
+    assert not [p for p in (tmp_path / "node-c").rglob("*") if p.is_file() and p.name != ".lock"]  # no partial copy
 
 
 def test_an_unfinished_upload_is_no_model(published, tmp_path, monkeypatch):
@@ -85,3 +85,49 @@ def test_an_unfinished_upload_is_no_model(published, tmp_path, monkeypatch):
     assert publish_model(dirs, folder) == url and model_exists(url)
     unpublish_dataset(dirs, 1, "pseudo")
     assert not model_exists(url) and not st.exists(st.join(dirs.url, "results", "Dataset001_pseudo"))
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(published, tmp_path, monkeypatch):
+    _, _, url = published
+    st.write_json(st.join(url, MANIFEST), {"format": 1, "files": {"../../escape.pth": {"bytes": 1, "sha256": "0" * 64}}})
+    monkeypatch.setenv("ALSEG_SCRATCH", str(tmp_path / "node-e"))
+    with pytest.raises(DataError, match="outside its model folder"):
+        local_model(url)
+    st.write_bytes(st.join(url, MANIFEST), b"not json")
+    with pytest.raises(DataError, match="not a model manifest"):
+        local_model(url)
+
+
+def test_a_scratch_folder_others_may_write_to_is_refused(tmp_path, monkeypatch):
+    from alseg.errors import SpecError
+    from alseg.nnunet.paths import scratch_root
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("ALSEG_SCRATCH", str(shared))
+    with pytest.raises(SpecError, match="nobody else may write to"):
+        scratch_root()
+    os.chmod(shared, 0o700)
+    assert scratch_root() == str(shared)
+
+
+def test_finetuning_takes_the_pretraining_plans_from_the_model_not_from_a_stale_scratch(tmp_path):
+    import json
+
+    from alseg.pipeline.finetune import _restore_pretraining_plans
+
+    folder = _model(tmp_path / "model")
+    Path(folder, "plans.json").write_text(json.dumps({"plans": "of the pretrained model"}))
+    Path(folder, "dataset_fingerprint.json").write_text("{}")
+    dirs = NnUNetDirs(str(tmp_path / "scratch"), url="s3://bucket/run/nnunet")
+    stale = Path(dirs.preprocessed, "Dataset001_pseudo")
+    stale.mkdir(parents=True)
+    (stale / "nnUNetPlans.json").write_text(json.dumps({"plans": "of an earlier pretraining"}))
+    _restore_pretraining_plans(dirs, folder)
+    assert json.loads((stale / "nnUNetPlans.json").read_text()) == {"plans": "of the pretrained model"}
+    # a local run directory's own preprocessed plans are the pretraining's: left as they are
+    local = NnUNetDirs(str(tmp_path / "scratch"))
+    (stale / "nnUNetPlans.json").write_text(json.dumps({"plans": "local"}))
+    _restore_pretraining_plans(local, folder)
+    assert json.loads((stale / "nnUNetPlans.json").read_text()) == {"plans": "local"}

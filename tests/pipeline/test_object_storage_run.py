@@ -12,7 +12,7 @@ the same output when one node is removed in the middle of it.
 from __future__ import annotations
 
 import os
-import threading
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,8 +28,6 @@ from alseg.nnunet.models import MANIFEST, local_model
 from alseg.pipeline import run_job
 from alseg.pipeline.common import pretrain_record
 from alseg.pipeline.finetune import run_finetune
-from alseg.pipeline.predict import run_predict
-from alseg.pipeline.pseudolabels import run_pseudolabels
 from alseg.pipeline.records import read_record
 from alseg.preflight import preflight
 from alseg.spec import parse_spec
@@ -119,17 +117,17 @@ def test_the_mitoem_config_runs_end_to_end_on_object_storage(s3_run):
 def two_nodes(s3_run):
     """A Ray cluster of two nodes without a shared disk: a head with no CPUs and two worker nodes of
     one CPU each (``ray.cluster_utils.Cluster``, every process on 127.0.0.1), each node with its own
-    scratch folder. With one CPU per node, a stage's two workers run on both nodes."""
+    scratch folder. With one CPU per node, a stage's two workers run on both nodes. The job's
+    driver runs in a process of its own, as on a cluster."""
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    _, _, tmp = s3_run
+    spec, _, tmp = s3_run
     mp = pytest.MonkeyPatch()
     # every Ray process on 127.0.0.1 (Ray's single-machine mode), no token (a token file may exist here)
     mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     mp.setenv("RAY_AUTH_MODE", "disabled")
-    mp.setenv("ALSEG_SCRATCH", str(tmp / "driver"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         nodes = {n: cluster.add_node(num_cpus=1, env_vars={"ALSEG_SCRATCH": str(tmp / f"ray-{n}"), "PYTHONPATH": str(REPO)})
@@ -140,10 +138,27 @@ def two_nodes(s3_run):
         d["run"]["dir"] = "s3://em-runs/mitoem-rat-two-nodes"
         d["resources"] = {"backend": "ray", "ray_address": cluster.address, "pseudolabel": {"cpus": 1, "workers": 2},
                           "prediction": {"cpus": 1, "gpus": 0, "workers": 2}, "postprocess": {"cpus": 1}}
-        yield cluster, nodes, parse_spec(d)
+        norm = pretrain_record(spec, needed_by="this test")["norm"]
+        yield cluster, nodes, parse_spec(d), lambda **job: _driver(tmp, {"spec": d, **job}), norm
     finally:
         cluster.shutdown()
         mp.undo()
+
+
+def _driver(tmp: Path, job: dict) -> subprocess.Popen:
+    import json
+    import sys
+
+    path = tmp / f"driver-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(job))
+    env = {**os.environ, "ALSEG_SCRATCH": str(tmp / "driver"), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests' / 'helpers'}"}
+    return subprocess.Popen([sys.executable, str(REPO / "tests" / "helpers" / "cluster_driver.py"), str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finished(proc: subprocess.Popen, timeout: float = 600) -> None:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
 
 
 OUTPUTS = ("classes.zarr", "mask.zarr", "instances.zarr")
@@ -155,12 +170,10 @@ def _read(url: str) -> np.ndarray:
 
 def test_two_nodes_make_the_pseudolabels_predictions_and_instances_of_the_serial_run(s3_run, two_nodes):
     spec, _, tmp = s3_run
-    _, _, on_ray = two_nodes
-    run_pseudolabels(on_ray, progress=False)
+    _, _, on_ray, driver, norm = two_nodes
+    _finished(driver(pseudolabels=True, predict={"model": _published(spec, 1), "norm": norm}))  # the serial run's final model
     np.testing.assert_array_equal(_read(st.join(on_ray.run.dir, "pseudolabels.zarr")),
                                   _read(st.join(spec.run.dir, "pseudolabels.zarr")))
-    norm = pretrain_record(spec, needed_by="this test")["norm"]
-    run_predict(on_ray, model_folder=_published(spec, 1), norm=norm, progress=False)  # the serial run's final model
     for name in OUTPUTS:
         np.testing.assert_array_equal(_read(st.join(on_ray.run.dir, "prediction", name)),
                                       _read(st.join(spec.run.dir, "prediction", name)), err_msg=name)
@@ -171,30 +184,19 @@ def test_two_nodes_make_the_pseudolabels_predictions_and_instances_of_the_serial
 
 def test_a_node_removed_mid_prediction_leaves_the_same_output(s3_run, two_nodes):
     spec, _, _ = s3_run
-    cluster, nodes, on_ray = two_nodes
-    norm = pretrain_record(spec, needed_by="this test")["norm"]
+    cluster, nodes, on_ray, driver, norm = two_nodes
     out = st.join(on_ray.run.dir, "again")
     work = st.join(on_ray.run.dir, "work", "predict", "again")
-    failure: list[BaseException] = []
-
-    def predict() -> None:
-        try:
-            run_predict(on_ray, model_folder=_published(spec, 1), norm=norm, out_dir=out, work_key="again", progress=False)
-        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
-            failure.append(err)
-
-    job = threading.Thread(target=predict)
-    job.start()
+    job = driver(predict={"model": _published(spec, 1), "norm": norm, "out_dir": out, "work_key": "again"})
     deadline = time.time() + 300
     fs, path = st.filesystem(work)
     while not (fs.exists(path) and fs.find(path)):  # a first block finished
-        assert job.is_alive() and time.time() < deadline, failure
+        assert job.poll() is None and time.time() < deadline, job.communicate()[0][-3000:] if job.poll() is not None else "slow"
         time.sleep(0.2)
         fs.invalidate_cache()
     cluster.remove_node(nodes["b"])
-    assert job.is_alive(), "the prediction ended before the node went: nothing was tested"
-    job.join(timeout=600)
-    assert not job.is_alive() and not failure, failure
+    assert job.poll() is None, "the prediction ended before the node went: nothing was tested"
+    _finished(job)
     for name in OUTPUTS:
         np.testing.assert_array_equal(_read(st.join(out, name)), _read(st.join(spec.run.dir, "prediction", name)),
                                       err_msg=name)

@@ -22,6 +22,7 @@ import yaml
 from alseg.cli import main
 from alseg.io.omezarr import open_volume
 from alseg.runtime import jobs
+from alseg.errors import SpecError
 from alseg.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,3 +202,15 @@ def test_the_driver_asks_for_what_its_stage_needs(tmp_path):
     assert (jobs.driver_resources(gpu, "predict").cpus, jobs.driver_resources(gpu, "predict").gpus) == (1.0, 0.0)  # Ray workers
     serial = gpu.model_copy(update={"resources": gpu.resources.model_copy(update={"backend": "serial"})})
     assert (jobs.driver_resources(serial, "predict").cpus, jobs.driver_resources(serial, "predict").gpus) == (4.0, 1.0)
+
+
+def test_every_path_of_a_submitted_spec_must_mean_the_same_on_the_nodes(tmp_path):
+    base = yaml.safe_load(_spec(tmp_path, "p", tmp_path / "v.zarr").read_text())
+    jobs.check_portable(parse_spec(base), "p.yaml")  # absolute paths pass
+    for field, value in (("input.ground_truth", "gt/labels.zarr"), ("run.dir", "~/runs/p"),
+                         ("input.url", "file://data/v.zarr")):
+        d = yaml.safe_load(yaml.safe_dump(base))
+        section, key = field.split(".")
+        d[section][key] = value
+        with pytest.raises(SpecError, match=f"{field} '{value}' is a"):
+            jobs.check_portable(parse_spec(d), "p.yaml")

@@ -102,6 +102,16 @@ def test_ray_worker_killed_mid_item_is_retried(ray_cluster, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_actor_killed_mid_item_is_retried(ray_cluster, tmp_path, workers):
+    # every item kills its first actor: with one worker each death leaves none, and it is replaced;
+    # with two, the survivor carries on until the last one dies, then that one is replaced
+    out = ray_cluster.map_workers(work.KillingModel, (str(tmp_path),), items(4), workers=workers)
+    assert {k: v for k, v in out.items()} == {f"item-{i}": 10 * i for i in range(4)}
+    assert all((tmp_path / f"killed-{i}").exists() for i in range(4))
+
+
+@pytest.mark.ray
 def test_ray_bounds_work_in_flight(ray_cluster, tmp_path):
     log = tmp_path / "times.log"
     old = ray_cluster.max_in_flight
