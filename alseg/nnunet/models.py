@@ -75,6 +75,17 @@ def model_exists(model: str) -> bool:
     return st.exists(st.join(model, MANIFEST))
 
 
+def checkpoint_sha256(model: str) -> str:
+    """sha256 of the model's final checkpoint: hashed where local, from the manifest where
+    published (the same value, without reading the checkpoint again)."""
+    if st.is_local(model):
+        return _sha256_file(os.path.join(str(st.local_path(model)), "fold_all", CHECKPOINT))
+    try:
+        return str(st.read_json(st.join(model, MANIFEST))["files"][f"fold_all/{CHECKPOINT}"]["sha256"])
+    except (KeyError, TypeError) as err:
+        raise DataError(f"{st.redact(model)}/{MANIFEST}: no checksum of fold_all/{CHECKPOINT}") from err
+
+
 def local_model(model: str) -> str:
     """A local folder holding ``model``: the folder itself when local; else this node's copy,
     fetched and checked against the manifest the first time a worker here asks for it."""

@@ -315,7 +315,6 @@ def predict_volume(
     ``tile_step`` is nnU-Net's ``tile_step_size`` in both tilings (0.5, its default: tiles half a
     patch apart; 1.0: abutting tiles, the fewest). ``batch_tiles`` tiles run through the network
     per forward pass (0: automatic, :class:`~alseg.nnunet.tiles.TileRunner`)."""
-    import json
 
     from alseg.io.omezarr import create_image, create_label_image, open_volume
 
@@ -324,8 +323,7 @@ def predict_volume(
     image = open_volume(image_url, level=level)
     grid = BlockGrid(image.shape, block_shape, halo)
     regions = [region] if isinstance(region, Box) else list(region or [])
-    with open(os.path.join(local_model(model_folder), "plans.json")) as fh:
-        plans = json.load(fh)
+    plans = st.read_json(st.join(model_folder, "plans.json"))  # the driver needs the plans, not the weights
     configuration = os.path.basename(os.path.normpath(model_folder)).split("__")[-1]
     if configuration not in plans["configurations"]:
         raise SpecError(f"{model_folder} is not an nnU-Net model folder (<trainer>__<plans>__<configuration>)")

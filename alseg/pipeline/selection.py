@@ -17,6 +17,7 @@ import numpy as np
 from alseg.geometry import Box
 from alseg.io import store as st
 from alseg.io.omezarr import output_record
+from alseg.nnunet.models import checkpoint_sha256
 from alseg.pipeline.common import (device_for, digest, embedding_dir, input_volume, pretrain_record, pseudolabels_url,
                                    selection_url)
 from alseg.pipeline.content import foreground_fractions, selection_diagnostics
@@ -48,8 +49,7 @@ def run_scores(spec: JobSpec, *, model_folder: str | None = None, norm: dict | N
     mode, samples = (sel.mode, sel.samples) if sel.method == "bald" else ("none", 1)
     image = input_volume(spec)
     patches = patch_grid_of(spec, image.shape).patches()
-    checkpoint = st.join(model_folder, "fold_all", "checkpoint_final.pth")
-    signature = {"model": st.sha256(checkpoint), "mode": mode, "samples": samples, "seed": spec.run.seed,
+    signature = {"model": checkpoint_sha256(model_folder), "mode": mode, "samples": samples, "seed": spec.run.seed,
                  "input": st.redact(spec.input.url), "level": spec.input.level, "patches": spec.patches.model_dump(mode="json"),
                  "norm": norm, "alseg": __version__}
     sig_sha = digest(signature)[:16]

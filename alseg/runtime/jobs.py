@@ -58,15 +58,10 @@ def driver_resources(spec: JobSpec, stage: str) -> Resources:
     driver does a stage's work itself, so that stage's resources; else one CPU (the stage's work
     runs on Ray workers that ask for their own)."""
     r = spec.resources
-    if stage in _TRAINS:
-        res = Resources.from_spec(r.nnunet, label="resources.nnunet")
-        if spec.nnunet.device == "cpu":
-            res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes, label=res.label)
-        return res
-    if r.backend == "serial":
-        field = _STAGE_RESOURCES[stage]
+    if stage in _TRAINS or r.backend == "serial":
+        field = "nnunet" if stage in _TRAINS else _STAGE_RESOURCES[stage]
         res = Resources.from_spec(getattr(r, field), label=f"resources.{field}")
-        if stage == "predict" and spec.nnunet.device == "cpu":
+        if stage in (*_TRAINS, "predict") and spec.nnunet.device == "cpu":
             res = Resources(cpus=res.cpus, gpus=0.0, memory_bytes=res.memory_bytes, label=res.label)
         return res
     return Resources(cpus=1.0, gpus=0.0, label="driver")

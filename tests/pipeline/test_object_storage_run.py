@@ -31,6 +31,7 @@ from alseg.pipeline.finetune import run_finetune
 from alseg.pipeline.records import read_record
 from alseg.preflight import preflight
 from alseg.spec import parse_spec
+from spec_fields import set_fields
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
@@ -50,14 +51,7 @@ SHRINK = {  # the override: sizes, labeller, schedules, backend; input.url and r
 
 
 def _shrunk() -> dict:
-    d = yaml.safe_load(MITOEM.read_text())
-    for path, value in SHRINK.items():
-        node = d
-        *head, last = path.split(".")
-        for part in head:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return d
+    return set_fields(yaml.safe_load(MITOEM.read_text()), SHRINK)
 
 
 def _published(spec, round_index: int) -> str:

@@ -22,6 +22,7 @@ from alseg.io.omezarr import open_volume
 from alseg.pipeline import job_status, run_job
 from alseg.pipeline.records import read_record
 from alseg.spec import parse_spec
+from spec_fields import set_fields
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -48,13 +49,7 @@ def _spec_dict(tmp_path: Path, **over) -> dict:
          "prediction": {"block_shape_vox": [8, 32, 32], "halo_vox": [2, 8, 8]},
          "postprocess": {"block_shape_vox": [8, 32, 32], "min_size_vox": 5},
          "resources": {"backend": "serial"}}
-    for path, value in over.items():
-        node = d
-        *head, last = path.split(".")
-        for part in head:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return d
+    return set_fields(d, over)
 
 
 def _files(root: Path) -> dict[str, str]:

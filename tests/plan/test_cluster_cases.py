@@ -22,6 +22,7 @@ from alseg.plan.job import default_cpus_per_node
 from alseg.plan.model import render
 from alseg.plan.profile import Profile
 from alseg.spec import load_spec, parse_spec
+from spec_fields import set_fields
 
 REPO = Path(__file__).resolve().parents[2]
 MITOEM = REPO / "configs" / "mitoem-full.yaml"
@@ -53,13 +54,7 @@ def network_only(**changes) -> Profile:
 
 
 def spec_of(path: Path, **changes):
-    data = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        *head, last = dotted.split(".")
-        node = data
-        for key in head:
-            node = node.setdefault(key, {})
-        node[last] = value
+    data = set_fields(yaml.safe_load(path.read_text()), changes)
     return parse_spec(data)
 
 
