@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from alseg.embed.data import augment, centre_crop, crop_augment
 from alseg.embed.mae import MaskedAutoencoder
+from alseg.errors import AlsegError
 from alseg.io import store as st
 from alseg.progress import progress_bar
 
@@ -66,10 +69,29 @@ def save_bytes(obj: Any, url: str) -> None:
     fs.mv(tmp, path)
 
 
+def _safe_globals() -> list[Any]:
+    """What alseg's checkpoints hold beyond tensors: numpy arrays (standardisation, the pixels
+    source's components) of these dtypes."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    kinds = (np.float32, np.float64, np.int64, np.int32, np.uint8, np.uint16, np.bool_)
+    return [np.ndarray, np.dtype, _reconstruct, *{type(np.dtype(k)) for k in kinds}]
+
+
 def load_bytes(url: str) -> Any:
+    """A checkpoint, unpickled with torch's ``weights_only`` loader: tensors, containers, numbers,
+    strings and numpy arrays, never an object that runs code (a file a spec names is data)."""
     fs, path = st.filesystem(url)
     with fs.open(path, "rb") as fh:
-        return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
+        data = fh.read()
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise AlsegError(f"{st.redact(url)} is not a checkpoint alseg can load safely (it holds more than tensors, "
+                         f"numbers and arrays): {str(err).strip().splitlines()[0]}") from None
 
 
 @torch.no_grad()

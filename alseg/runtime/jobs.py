@@ -137,14 +137,14 @@ def submit(jobs_client: Any, spec: JobSpec, text: str, *, stage: str = "run") ->
         return jobs_client.submit_job(entrypoint=f"alseg run-submitted {stage}", submission_id=sid, metadata=metadata,
                                       runtime_env={"env_vars": {SPEC_ENV: text, VERSION_ENV: __version__,
                                                                 "RAY_USAGE_STATS_ENABLED": "0"}}, **kwargs)
-    except RuntimeError as err:
-        raise JobsError(f"submitting {spec.name}: {str(err).strip().splitlines()[0]}") from None
+    except (RuntimeError, OSError) as err:  # OSError: requests' connection errors (the cluster went away mid-request)
+        raise JobsError(f"submitting {spec.name}: {_first_line(err)}") from None
 
 
 def rows(jobs_client: Any, *, every: bool = False) -> list[JobRow]:
     """alseg's jobs on the cluster (``every``: all of them), oldest first."""
     out = []
-    for job in jobs_client.list_jobs():
+    for job in _call("listing the cluster's jobs", jobs_client.list_jobs):
         meta = job.metadata or {}
         if "alseg" not in meta and not every:
             continue
@@ -158,11 +158,17 @@ def rows(jobs_client: Any, *, every: bool = False) -> list[JobRow]:
 def _call(what: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
+    except OSError as err:  # requests' connection errors: the cluster went away mid-request
+        raise JobsError(f"{what}: the Ray cluster did not answer ({_first_line(err)})") from None
     except RuntimeError as err:
-        text = str(err).strip().splitlines()[0]
+        text = _first_line(err)
         if "404" in text or "does not exist" in text:
             raise JobsError(f"{what}: no such job on this cluster (alseg jobs lists them)") from None
         raise JobsError(f"{what}: {text}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def status(jobs_client: Any, job_id: str) -> str:

@@ -161,3 +161,35 @@ def test_random_selection_needs_no_mae_and_uncertainty_asks_for_scores(tmp_path)
                                      "run": spec.run.model_copy(update={"overwrite": True})})  # another job: takes over the run dir
     with pytest.raises(SpecError, match="uncertainty"):
         run_select(spec_e, round_index=1, progress=False)
+
+
+class _RunsCode:
+    """Unpickling this creates a file: what a hostile checkpoint named in a spec could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    from alseg.embed.train import load_bytes, save_bytes
+    from alseg.errors import AlsegError
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": _RunsCode(marker)}, hostile)
+    with pytest.raises(AlsegError, match="not a checkpoint alseg can load safely"):
+        load_bytes(str(hostile))
+    assert not marker.exists()
+    # what alseg writes loads: tensors, numbers, strings, numpy arrays of its dtypes
+    ok = tmp_path / "ok.pt"
+    arrays = {str(d): (np.arange(6) % 3).astype(d).reshape(2, 3) for d in (np.float32, np.float64, np.int64, np.uint8, np.bool_)}
+    save_bytes({"model": {"w": torch.ones(3)}, "kind": "pixels", "side": 64, "arrays": arrays}, str(ok))
+    got = load_bytes(str(ok))
+    assert torch.equal(got["model"]["w"], torch.ones(3)) and got["side"] == 64
+    assert all(np.array_equal(got["arrays"][k], v) and got["arrays"][k].dtype == v.dtype for k, v in arrays.items())
+    # the file is truly hostile: torch's unrestricted loader runs it
+    torch.load(hostile, weights_only=False)
+    assert marker.exists()

@@ -292,7 +292,7 @@ def test_a_batch_out_of_memory_runs_in_halves_and_keeps_the_smaller_batch(tiny_m
     assert runner.batch == 2 and seen[:3] == [8, 4, 2], seen
     assert n % 8 > 1 and sum(b for b in seen if b <= 2) == n, "every tile ran once, in the calls that fitted"
     ref = TileRunner(predictor, 1).window(data)
-    assert np.abs(softmax1(got) - softmax1(ref)).max() < 1e-5
+    assert np.abs(softmax1(got) - softmax1(ref)).max() < 1e-4
 
 
 def test_batch_for_memory_fits_a_share_of_the_free_memory():
@@ -338,7 +338,7 @@ def test_tiles_run_in_batches_and_equal_one_at_a_time(volume, tiny_model, tmp_pa
     auto = TileRunner(predictor)
     one_s, pair_s = auto.forward_s
     assert auto.batch == cpu_batch(one_s, pair_s) == CPU_BATCH, f"one tile {one_s:.3f} s, a pair {pair_s:.3f} s"
-    assert np.abs(softmax1(got) - softmax1(ref)).max() < 1e-5
+    assert np.abs(softmax1(got) - softmax1(ref)).max() < 1e-4
     assert_same_classes(got.argmax(0), ref)
     # the five tiles alone: their sums are the reference's over what they cover
     one = TileRunner(predictor, 1)
@@ -351,7 +351,7 @@ def test_tiles_run_in_batches_and_equal_one_at_a_time(volume, tiny_model, tmp_pa
                    work_dir=str(tmp_path / "w"))
     classes = open_volume(out).read()
     assert_same_classes(classes, ref)
-    assert np.abs(open_volume(prob).read() - softmax1(ref)).max() < 1e-5
+    assert np.abs(open_volume(prob).read() - softmax1(ref)).max() < 1e-4
     print(f"batched: {(classes == ref.argmax(0)).mean():.6f} of the voxels in the reference's class")
 
 
@@ -376,8 +376,9 @@ def test_tile_step_places_nnunets_tiles_at_that_step_in_both_tilings(volume, tin
         predict_volume(folder, url, out, norm=norm, block_shape=(16, 64, 64), halo=(0, 0, 0), work_dir=str(tmp_path / f"w{step}"),
                        tile_step=step, probability_url=prob)
         assert_same_classes(open_volume(out).read(), want)
-        # the probabilities are this step's (another step's differ by far more than summation order moves them)
-        assert np.abs(open_volume(prob).read() - softmax1(want)).max() < 1e-5
+        # the probabilities are this step's: another step's differ by more than 1e-3, summation order
+        # moves them by about 1e-5 (1.2e-5 seen on one machine)
+        assert np.abs(open_volume(prob).read() - softmax1(want)).max() < 1e-4
         assert np.abs(softmax1(want) - softmax1(half)).max() > 1e-3
     # halo tiling: each block runs nnU-Net's window (its placement at that step, summed in float32); one
     # block is the whole array, so the result is the whole-array reference's
@@ -385,7 +386,7 @@ def test_tile_step_places_nnunets_tiles_at_that_step_in_both_tilings(volume, tin
     predict_volume(folder, url, one, norm=norm, block_shape=(32, 128, 128), halo=(0, 0, 0), tiling="halo", tile_step=1.0,
                    probability_url=prob)
     assert_same_classes(open_volume(one).read(), want)
-    assert np.abs(open_volume(prob).read() - softmax1(want)).max() < 1e-5
+    assert np.abs(open_volume(prob).read() - softmax1(want)).max() < 1e-4
     with torch.no_grad():  # and nnU-Net's own window (summed in float16) agrees with it
         own = ref.predict_sliding_window_return_logits(torch.from_numpy(data[None])).float().numpy()
     # at step 1 the tiles do not overlap, so a tile's corners carry Gaussian weights below float16's

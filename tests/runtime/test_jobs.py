@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,18 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _ports(n: int) -> list[int]:
+    """``n`` distinct free ports (each socket is held until all are picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _spec(folder: Path, name: str, volume: Path, **over) -> Path:
     d = {"name": name, "input": {"url": str(volume), "ground_truth": "mitochondria"}, "run": {"dir": str(folder / name)},
          "patches": {"shape_vox": [8, 32, 32], "holdout": {"kind": "fraction", "axis": "z", "fraction": 0.5}},
@@ -48,50 +61,99 @@ def _spec(folder: Path, name: str, volume: Path, **over) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def head():
-    """A Ray head (Jobs API on 127.0.0.1, token authentication, 2 CPUs) in its own session; its
-    temporary folder is short (Ray's socket paths have a length limit)."""
-    tmp = Path(tempfile.mkdtemp(prefix="aj", dir="/tmp"))
-    token = secrets.token_hex(16)
-    port, dash, client, agent = (_port() for _ in range(4))
-    env = {**os.environ, "HOME": str(tmp / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),
-           "RAY_USAGE_STATS_ENABLED": "0", "AUTOSCALER_METRIC_PORT": str(_port()), "DASHBOARD_METRIC_PORT": str(_port())}
-    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "ALSEG_JOB_SPEC"):
-        env.pop(key, None)
-    log = open(tmp / "head.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-                             f"--dashboard-agent-listen-port={agent}", f"--temp-dir={tmp / 't'}", "--num-cpus=2",
-                             "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
+class Head:
+    """A Ray head (Jobs API on 127.0.0.1, token authentication, 2 CPUs) in its own session, started
+    by ``ray start --block`` and stopped by its process id; its temporary folder is short (Ray's
+    socket paths have a length limit)."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="aj", dir="/tmp"))
+        self.token = secrets.token_hex(16)
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+
+    def start(self) -> None:
+        port, dash, client, agent, autoscaler_metrics, dashboard_metrics = _ports(6)
+        env = {**os.environ, "HOME": str(self.tmp / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),
+               "RAY_USAGE_STATS_ENABLED": "0", "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics),
+               "DASHBOARD_METRIC_PORT": str(dashboard_metrics)}
+        for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "ALSEG_JOB_SPEC"):
+            env.pop(key, None)
+        with open(self.tmp / "head.log", "a") as log:
+            self.proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                                          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                                          f"--dashboard-agent-listen-port={agent}", f"--temp-dir={self.tmp / 't'}", "--num-cpus=2",
+                                          "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 120
-        while True:
+        while True:  # ready when the Jobs API itself answers (not only the dashboard's version page)
             try:
-                req = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
-                urllib.request.urlopen(req, timeout=2).read()
+                req = urllib.request.Request(f"{self.address}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"})
+                urllib.request.urlopen(req, timeout=5).read()
                 break
             except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail("the Ray head did not start:\n" + (tmp / "head.log").read_text()[-3000:])
+                if not self.alive() or time.time() > deadline:
+                    pytest.fail("the Ray head did not start:\n" + self.log_tail())
                 time.sleep(1)
-        yield address, token, tmp
-    finally:
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of ``ray start``'s output and of the session's process logs: what a failure shows."""
+        parts = [("head.log", self.tmp / "head.log")]
+        logs = self.tmp / "t" / "session_latest" / "logs"
+        parts += [(p.name, p) for p in sorted(logs.glob("*")) if p.suffix in (".log", ".out", ".err") and
+                  p.name.startswith(("dashboard", "gcs_server", "raylet", "monitor", "log_monitor"))]
+        out = []
+        for name, path in parts:
+            text = path.read_text(errors="replace") if path.is_file() else ""
+            if text.strip():
+                out.append(f"--- {name}\n{text[-chars:]}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
         import psutil
 
-        os.kill(proc.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
-        proc.wait(timeout=60)
-        log.close()
+        if self.proc is not None:
+            if self.alive():
+                os.kill(self.proc.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
+            self.proc.wait(timeout=60)
         deadline = time.time() + 30
-        while (left := [p for p in psutil.process_iter(["pid", "cmdline"]) if str(tmp) in " ".join(p.info["cmdline"] or [])]) \
+        while (left := [p for p in psutil.process_iter(["pid", "cmdline"]) if str(self.tmp) in " ".join(p.info["cmdline"] or [])]) \
                 and time.time() < deadline:
             time.sleep(1)
         for p in left:  # our own leftovers, by pid
             p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
         assert not left, f"the head left processes: {[p.info['cmdline'][:3] for p in left]}"
+
+
+@pytest.fixture(scope="module")
+def head():
+    h = Head()
+    try:
+        h.start()
+        yield h
+    finally:
+        h.stop()
+        shutil.rmtree(h.tmp, ignore_errors=True)
+
+
+def _on_a_live_head(head: Head, body: Callable[[Path], None], tmp_path: Path) -> None:
+    """Run ``body`` against the head. Where the Ray head process itself died under it (outside
+    alseg: its logs are printed), once more on a fresh head; any other failure fails at once."""
+    for attempt in (1, 2):
+        if not head.alive():
+            head.start()
+        try:
+            return body(tmp_path / f"attempt-{attempt}")
+        except Exception:
+            time.sleep(5)  # `ray start --block` notices a dead process within a second or two
+            if head.alive() or attempt == 2:
+                raise
+            print(f"the Ray head died during attempt {attempt}; its logs:\n{head.log_tail()}")
+            head.stop()
 
 
 def _until(c, job: str, states: tuple[str, ...], timeout: float = 300) -> str:
@@ -105,10 +167,16 @@ def _until(c, job: str, states: tuple[str, ...], timeout: float = 300) -> str:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_submit_two_follow_both_stop_a_third(head, tmp_path, capsys, monkeypatch):
+    _on_a_live_head(head, lambda folder: _submit_two_follow_both_stop_a_third(head, folder, capsys, monkeypatch), tmp_path)
+
+
+def _submit_two_follow_both_stop_a_third(head, tmp_path, capsys, monkeypatch):
     from alseg.pipeline.pseudolabels import run_pseudolabels
     from alseg.synth import SynthParams, write_synthetic
 
-    address, token, _ = head
+    address, token = head.address, head.token
+    tmp_path.mkdir(parents=True)
+    capsys.readouterr()
     volume = tmp_path / "v.zarr"
     write_synthetic(volume, SynthParams.preset("easy", shape=(16, 64, 64), seed=3))
     specs = [_spec(tmp_path, f"cell-{i}", volume, pseudolabel={"method": "classical", "block_shape_vox": [8, 64, 64],
@@ -158,7 +226,9 @@ def test_submit_two_follow_both_stop_a_third(head, tmp_path, capsys, monkeypatch
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_wrong_or_missing_token_and_an_unknown_job_are_one_line_errors(head, capsys, monkeypatch):
-    address, _, _ = head
+    if not head.alive():
+        head.start()
+    address = head.address
     monkeypatch.setenv("ALSEG_TEST_TOKEN", "not-the-token")
     assert main(["jobs", "--address", address, "--token-env", "ALSEG_TEST_TOKEN"]) == 1
     err = capsys.readouterr().err.strip()
@@ -166,7 +236,7 @@ def test_a_wrong_or_missing_token_and_an_unknown_job_are_one_line_errors(head, c
     monkeypatch.delenv("ALSEG_TEST_TOKEN")
     assert main(["jobs", "--address", address, "--token-env", "ALSEG_TEST_TOKEN"]) == 1
     assert "refused the request" in capsys.readouterr().err
-    monkeypatch.setenv("ALSEG_TEST_TOKEN", head[1])
+    monkeypatch.setenv("ALSEG_TEST_TOKEN", head.token)
     assert main(["logs", "alseg-none-00000000-000000", "--address", address, "--token-env", "ALSEG_TEST_TOKEN"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no such job" in err
@@ -214,3 +284,45 @@ def test_every_path_of_a_submitted_spec_must_mean_the_same_on_the_nodes(tmp_path
         d[section][key] = value
         with pytest.raises(SpecError, match=f"{field} '{value}' is a"):
             jobs.check_portable(parse_spec(d), "p.yaml")
+
+
+def test_a_cluster_that_drops_the_connection_mid_request_is_a_one_line_error(tmp_path, capsys):
+    """A server on 127.0.0.1 that answers Ray's version check like a Jobs API and then closes every
+    other request without an answer (a head going down mid-request): each command fails with one
+    line naming the job or listing, never an internal error."""
+    import http.server
+    import json
+    import threading
+
+    import ray
+
+    class Dropping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path.startswith("/api/version"):
+                body = json.dumps({"version": "4", "ray_version": ray.__version__, "ray_commit": "0"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.close_connection = True
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dropping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        spec = _spec(tmp_path, "dropped", tmp_path / "v.zarr")
+        for argv, says in ((["submit", str(spec)], "submitting dropped:"), (["jobs"], "listing the cluster's jobs:"),
+                           (["logs", "alseg-x-00000000-000000"], "job alseg-x-00000000-000000:")):
+            assert main([*argv, "--address", address]) == 1
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and says in err and "internal error" not in err, err
+    finally:
+        server.shutdown()
+        server.server_close()
