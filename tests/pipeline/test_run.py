@@ -60,8 +60,21 @@ def _files(root: Path) -> dict[str, str]:
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loop")
     spec = parse_spec(_spec_dict(tmp))
+    _INPUT_BEFORE.update(_files(tmp))  # the input volume (image and ground truth), before the job
     outcome = run_job(spec, progress=False, say=lambda _: None)
     return tmp, spec, outcome
+
+
+_INPUT_BEFORE: dict[str, str] = {}
+
+
+def test_the_input_is_untouched_and_every_output_is_under_the_run_directory(finished):
+    tmp, _, _ = finished
+    after = _files(tmp)
+    assert _INPUT_BEFORE and {k: after.get(k) for k in _INPUT_BEFORE} == _INPUT_BEFORE, "the input volume changed"
+    outside = sorted(k for k in after if k not in _INPUT_BEFORE and not k.startswith("run/"))
+    assert not outside, f"written outside the run directory: {outside[:5]}"
+    assert any(k.startswith("v.zarr/labels/") for k in _INPUT_BEFORE), "the ground truth is part of what is hashed"
 
 
 def test_the_loop_runs_every_stage_in_order(finished):

@@ -27,6 +27,8 @@ from alseg.errors import SpecError
 from alseg.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
+# distinctive fake credentials in the head's environment and the submitter's: none may surface
+FAKE_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAALSEGFAKE7Q2Z9XK", "AWS_SECRET_ACCESS_KEY": "alseg-fake-secret-5b1e0c9d3f"}
 
 
 def _port() -> int:
@@ -77,7 +79,7 @@ class Head:
         env = {**os.environ, "HOME": str(self.tmp / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),
                "RAY_USAGE_STATS_ENABLED": "0", "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics),
-               "DASHBOARD_METRIC_PORT": str(dashboard_metrics)}
+               "DASHBOARD_METRIC_PORT": str(dashboard_metrics), **FAKE_KEYS}
         for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "ALSEG_JOB_SPEC"):
             env.pop(key, None)
         with open(self.tmp / "head.log", "a") as log:
@@ -183,6 +185,8 @@ def _submit_two_follow_both_stop_a_third(head, tmp_path, capsys, monkeypatch):
                                                                 "halo_px": 16, "min_size_vox": 20 + 10 * i})
              for i in (1, 2)]
     monkeypatch.setenv("ALSEG_TEST_TOKEN", token)
+    for key, value in FAKE_KEYS.items():
+        monkeypatch.setenv(key, value)
     cluster = ["--address", address, "--token-env", "ALSEG_TEST_TOKEN"]
 
     assert main(["submit", *map(str, specs), "--stage", "pseudolabel", "--wait", *cluster]) == 0
@@ -221,6 +225,16 @@ def _submit_two_follow_both_stop_a_third(head, tmp_path, capsys, monkeypatch):
     for job in c.list_jobs():
         assert set(job.runtime_env) == {"env_vars"} and token not in str(job.runtime_env) + str(job.metadata)
         assert set(job.runtime_env["env_vars"]) == {jobs.SPEC_ENV, jobs.VERSION_ENV, "RAY_USAGE_STATS_ENABLED"}
+    # no credential anywhere: the jobs' records and logs, the submitter's output, every file the jobs
+    # wrote, and every file of the head's Ray session (its processes' logs)
+    seen = [str(job.runtime_env) + str(job.metadata) + jobs.logs(c, job.submission_id) for job in c.list_jobs()]
+    seen.append(out + listing)
+    files = [p for root in (tmp_path, head.tmp / "t") for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name.startswith("job-driver-") for p in files), "the session's logs are among the files read"
+    assert FAKE_KEYS["AWS_SECRET_ACCESS_KEY"] in Path(f"/proc/{head.proc.pid}/environ").read_text(), "the cluster had the keys"
+    for value in FAKE_KEYS.values():
+        assert not [t for t in seen if value in t], f"{value} in a job's record or log"
+        assert not [str(p) for p in files if value.encode() in p.read_bytes()], f"{value} in a file"
 
 
 @pytest.mark.slow
