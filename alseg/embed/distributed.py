@@ -83,7 +83,10 @@ def train_distributed(spec: Any, slices: Any, *, world: int, runner: Any, checkp
     items = [WorkItem(f"rank-{r}", _RankJob(r, world, init_file, spec.model_dump(mode="json"), shared, checkpoint_url,
                                             signature, seed, device, timeout_s, env)) for r in range(world)]
     try:
-        results = runner.map_workers(MAERank, (), items, workers=world, resources=resources, desc=f"MAE training ({world} ranks)")
+        # a rank that dies fails the training at once (the others stopped, not left waiting for the
+        # collective time-out); a rerun resumes from rank 0's last per-epoch checkpoint
+        results = runner.map_workers(MAERank, (), items, workers=world, resources=resources, desc=f"MAE training ({world} ranks)",
+                                     gang=True)
     finally:
         if os.path.exists(init_file):
             os.remove(init_file)

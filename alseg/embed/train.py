@@ -166,6 +166,7 @@ def train_mae(
     bar = progress_bar(total=total, initial=state["epoch"] * steps_per_epoch, desc="MAE training", unit="step",
                disable=not progress or rank != 0)
     started = time.perf_counter()
+    first_epoch = int(state["epoch"])
     try:
         last = spec.epochs if max_epochs is None else min(spec.epochs, state["epoch"] + max_epochs)
         for epoch in range(state["epoch"], last):
@@ -203,7 +204,7 @@ def train_mae(
     seconds = time.perf_counter() - started
     after = eval_loss(model, slices, spec.mask_ratio, seed, device)[0]
     return {"losses": [float(v) for v in state["losses"]], "eval_before": float(state["eval_before"]),
-            "eval_after": float(after), "steps": total, "batch": batch, "slices": n,
+            "eval_after": float(after), "steps": total, "batch": batch, "slices": n, "resumed_from_epoch": first_epoch,
             "train_seconds": seconds}  # this call's training loop (a resumed run: only the steps it took)
 
 

@@ -169,16 +169,22 @@ class Runner(ABC):
         desc: str = "work",
         weight: Callable[[WorkItem], int] | None = None,
         unit: str = "item",
+        gang: bool = False,
     ) -> dict[str, Any]:
         """Create ``workers`` instances of ``worker_cls(*init_args)`` (a model loaded once per worker,
-        one per GPU) and feed them items: ``instance(item.payload)``."""
+        one per GPU) and feed them items: ``instance(item.payload)``.
+
+        ``gang``: the items run together and wait on each other (the ranks of one data-parallel
+        training): one worker per item, all at once, and the first failure fails the map at once,
+        stopping the others, instead of a retry that would join a group the others have left."""
         if workers <= 0:
             raise SpecError(f"workers must be positive, got {workers}")
         return self._map(
             items,
             markers,
             desc,
-            lambda todo, done: self._run_workers(worker_cls, tuple(init_args), todo, workers, resources or Resources(), done, desc),
+            lambda todo, done: self._run_workers(worker_cls, tuple(init_args), todo, workers, resources or Resources(), done, desc,
+                                                 gang),
             weight,
             unit,
         )
@@ -254,5 +260,6 @@ class Runner(ABC):
 
     @abstractmethod
     def _run_workers(
-        self, worker_cls: type, init_args: tuple, todo: list[WorkItem], workers: int, resources: Resources, done: ProgressCallback, desc: str
+        self, worker_cls: type, init_args: tuple, todo: list[WorkItem], workers: int, resources: Resources, done: ProgressCallback, desc: str,
+        gang: bool = False,
     ) -> None: ...

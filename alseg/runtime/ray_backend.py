@@ -175,8 +175,7 @@ class RayRunner(Runner):
     def _fail(self, item: WorkItem, attempts: int, err: BaseException, pending) -> None:
         for ref in list(pending):
             self._ray.cancel(ref, force=True)
-        cause = getattr(err, "cause", None) or err
-        raise WorkFailedError(item.key, attempts, f"{type(cause).__name__}: {cause}") from err
+        raise WorkFailedError(item.key, attempts, _cause(err)) from err
 
     # -- functions as tasks ----------------------------------------------------------------- #
     def _run_fn(self, fn, todo: list[WorkItem], resources: Resources, done: ProgressCallback, desc: str) -> None:
@@ -208,10 +207,13 @@ class RayRunner(Runner):
                 done(item, result)
 
     # -- stateful workers as actors --------------------------------------------------------- #
-    def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc) -> None:
+    def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc, gang=False) -> None:
         if not todo:
             return
         self.check_fits(resources, desc)
+        if gang and (workers < len(todo) or self.capacity(resources) < len(todo)):
+            raise SpecError(f"{desc}: {len(todo)} items must run at once, but {min(workers, self.capacity(resources))} "
+                            "workers of these resources fit")
         ray = self._ray
 
         class _Worker:  # a thin actor shell around the user's plain class
@@ -239,6 +241,9 @@ class RayRunner(Runner):
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as err:
+                        if gang:  # the others wait on this one: stop them all now (finally kills them)
+                            raise WorkFailedError(item.key, attempt, f"{_cause(err)}; the {len(pending)} others of its group "
+                                                  "were stopped") from err
                         if not isinstance(err, ray.exceptions.RayActorError):
                             idle.append(actor)
                         elif not idle and not pending:
@@ -249,12 +254,17 @@ class RayRunner(Runner):
                         if attempt <= self.retries:
                             queue.appendleft((item, attempt + 1))
                             continue
-                        self._fail(item, attempt, err, pending)
+                        self._fail(item, attempt, err, {})  # actor tasks cannot be force-cancelled: finally kills their actors
                     idle.append(actor)
                     done(item, result)
         finally:
             for actor in list(idle) + [a for _, _, a in pending.values()]:
                 ray.kill(actor)
+
+
+def _cause(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err
+    return f"{type(cause).__name__}: {cause}"
 
 
 def cluster_summary() -> dict[str, float]:

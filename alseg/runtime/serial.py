@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alseg.errors import WorkFailedError
+from alseg.errors import SpecError, WorkFailedError
 from alseg.runtime.base import ProgressCallback, Resources, Runner, WorkItem
 
 
@@ -23,9 +23,11 @@ class SerialRunner(Runner):
         for item in todo:
             done(item, self._attempt(fn, item))
 
-    def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc) -> None:
+    def _run_workers(self, worker_cls, init_args, todo, workers, resources, done, desc, gang=False) -> None:
         if not todo:
             return
+        if gang and len(todo) > 1:
+            raise SpecError(f"{desc}: {len(todo)} items that run together need the ray backend (resources.backend: ray)")
         worker = worker_cls(*init_args)  # one in-process worker, whatever `workers` says
         for item in todo:
             done(item, self._attempt(worker, item))

@@ -76,3 +76,17 @@ class KillingModel:
 
     def __call__(self, x: int) -> int:
         return kill_first_time((self.state, x))
+
+
+class FailOneSleepOthers:
+    """A worker for which item 0 always raises and every other item sleeps ``seconds``: one item
+    fails for good while others are still running."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, x: int) -> int:
+        if x == 0:
+            raise ValueError("item 0 is bad")
+        time.sleep(self.seconds)
+        return x

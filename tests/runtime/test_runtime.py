@@ -112,6 +112,22 @@ def test_ray_actor_killed_mid_item_is_retried(ray_cluster, tmp_path, workers):
 
 
 @pytest.mark.ray
+def test_an_item_that_fails_for_good_while_others_run_fails_the_map_naming_it(ray_cluster):
+    """Retries spent on one item while another worker is busy: the map fails naming the item (the
+    busy worker is stopped), and with ``gang`` the first failure does so without a retry."""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(WorkFailedError, match="item-0.*item 0 is bad"):
+        ray_cluster.map_workers(work.FailOneSleepOthers, (30.0,), items(2), workers=2)
+    with pytest.raises(WorkFailedError, match="item-0.*others of its group were stopped"):
+        ray_cluster.map_workers(work.FailOneSleepOthers, (30.0,), items(2), workers=2, gang=True)
+    assert time.monotonic() - started < 30, "the sleeping item was not waited for"
+    with pytest.raises(SpecError, match="must run at once"):
+        ray_cluster.map_workers(work.FailOneSleepOthers, (0.0,), items(3), workers=3, gang=True)  # 2 CPUs
+
+
+@pytest.mark.ray
 def test_ray_bounds_work_in_flight(ray_cluster, tmp_path):
     log = tmp_path / "times.log"
     old = ray_cluster.max_in_flight
