@@ -6,6 +6,8 @@ README says. Every case runs the real command line; inputs are hashed before and
 from __future__ import annotations
 
 import hashlib
+import http.client
+import http.server
 import json
 import os
 import socket
@@ -15,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -290,6 +293,100 @@ def test_resources_no_node_can_hold_fail_before_anything_waits(tmp_path, volume)
     res = alseg("pseudolabel", str(spec), "-q", timeout=240)
     assert res.returncode == 2, res.stderr
     assert "resources.pseudolabel" in res.stderr and "64 CPU" in res.stderr and "no node" in res.stderr, res.stderr
+
+
+# a flaky proxy in front of the S3 server: transient errors retried, persistent ones named
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to the S3 server on 127.0.0.1, except those its server's ``fail``
+    answers with S3's 503 SlowDown."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        path = self.path.split("?", 1)[0]
+        if self.command == "GET" and self.server.fail(path):
+            self.server.refused.append(path)
+            data = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.server.forwarded.append(path)
+        conn = http.client.HTTPConnection(*self.server.upstream, timeout=30)
+        conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky_proxy(s3_server, monkeypatch):
+    """The proxy on 127.0.0.1 as the S3 endpoint; set ``.fail`` (path -> bool) to inject errors."""
+    from urllib.parse import urlsplit
+
+    from conftest import _clear_fsspec_cache
+
+    upstream = urlsplit(s3_server["AWS_ENDPOINT_URL"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    server.upstream, server.fail, server.refused, server.forwarded = (upstream.hostname, upstream.port), (lambda path: False), [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    _clear_fsspec_cache()
+    yield server
+    server.shutdown()
+    server.server_close()
+    _clear_fsspec_cache()
+
+
+def test_transient_store_errors_are_retried_and_persistent_ones_name_the_chunk(s3_bucket, flaky_proxy):
+    from alseg.errors import DataError
+    from alseg.synth import SynthParams, write_synthetic
+
+    url = f"{s3_bucket}/v.zarr"
+    write_synthetic(url, SynthParams.preset("easy", shape=(16, 64, 64), seed=2), chunks=(8, 32, 32))
+    flaky_proxy.forwarded.clear()
+    want = open_volume(url).read()
+    chunks = sorted({p for p in flaky_proxy.forwarded if "/v.zarr/s0/c/" in p})
+    assert len(chunks) == 8, "the image was read through the proxy, chunk by chunk"
+    # each chunk's first GET answers 503: every one is retried, and the image reads the same
+    seen: set[str] = set()
+
+    def first_time(path: str) -> bool:
+        fresh = "/v.zarr/s0/c/" in path and path not in seen
+        seen.add(path)
+        return fresh
+
+    flaky_proxy.fail, flaky_proxy.forwarded = first_time, []
+    np.testing.assert_array_equal(open_volume(url).read(), want)
+    assert sorted(set(flaky_proxy.refused)) == chunks
+    assert sorted({p for p in flaky_proxy.forwarded if "/v.zarr/s0/c/" in p}) == chunks, "each refused chunk was asked for again"
+    # one chunk that always answers 503: the read fails naming the volume and that chunk, in time
+    bad = chunks[1]
+    flaky_proxy.fail = lambda path: path == bad
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        open_volume(url).read()
+    key = bad.split("/v.zarr/", 1)[1]
+    assert f"{url}: cannot read chunk {key!r}" in str(caught.value), str(caught.value)
+    assert time.monotonic() - started < 60
 
 
 # --------------------------------------------------------------------------------------------- #
