@@ -89,9 +89,11 @@ def load_bytes(url: str) -> Any:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise AlsegError(f"{st.redact(url)} is not a checkpoint alseg can load safely (it holds more than tensors, "
-                         f"numbers and arrays): {str(err).strip().splitlines()[0]}") from None
+    except pickle.UnpicklingError as err:  # torch's refusal of a global, or a damaged file
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        why = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        raise AlsegError(f"{st.redact(url)} is not a checkpoint alseg can load safely (only tensors, numbers, strings "
+                         f"and arrays are read): {why}") from None
 
 
 @torch.no_grad()

@@ -57,8 +57,8 @@ def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
 
 def processes(dataset_id: int) -> int:
     """Worker processes for nnU-Net's integrity check, fingerprint and preprocessing pools: one per
-    case, at most the CPUs this process may use and nnU-Net's default (8, or ``nnUNet_def_n_proc``). Each is a spawned interpreter that imports torch and
-    nnU-Net before it does any work, so eight of them for a handful of patches on a 2-core node
+    case, at most the CPUs this process may use and nnU-Net's default (8, or ``nnUNet_def_n_proc``). Each costs a process (nnU-Net spawns one that imports torch and
+    nnU-Net before it does any work; alseg's worker forks instead), so eight of them for a handful of patches on a 2-core node
     cost more than the cases (measured: a tiny plan step took 33 s with 8, 18 s with 2, on cpu-2c)."""
     import os
 
@@ -152,8 +152,9 @@ def train(job: dict) -> dict:
 def _fork_pools() -> None:
     """nnU-Net's integrity check, fingerprint and preprocessing pools ask for ``spawn`` processes:
     each imports torch and nnU-Net before its first case (3-4 s on cpu-2c, three pools per plan
-    step). The plan and transfer steps run no torch kernel and touch no GPU, so their pools fork
-    this process instead, on one torch thread (no OpenMP pool for a child to inherit)."""
+    step). The plan and transfer steps touch no GPU and their pool work (reading TIFFs,
+    resampling, compressing) uses no torch, so their pools fork this process instead; torch runs
+    on one thread here (nnU-Net's planner builds networks to estimate their memory)."""
     import multiprocessing
 
     import torch

@@ -138,7 +138,7 @@ def submit(jobs_client: Any, spec: JobSpec, text: str, *, stage: str = "run") ->
                                       runtime_env={"env_vars": {SPEC_ENV: text, VERSION_ENV: __version__,
                                                                 "RAY_USAGE_STATS_ENABLED": "0"}}, **kwargs)
     except (RuntimeError, OSError) as err:  # OSError: requests' connection errors (the cluster went away mid-request)
-        raise JobsError(f"submitting {spec.name}: {_first_line(err)}") from None
+        raise JobsError(f"submitting {spec.name}: the Ray cluster did not answer ({_first_line(err)})") from None
 
 
 def rows(jobs_client: Any, *, every: bool = False) -> list[JobRow]:
@@ -188,7 +188,10 @@ def follow(jobs_client: Any, job_id: str, write: Callable[[str], None]) -> str:
         async for chunk in jobs_client.tail_job_logs(job_id):
             write(chunk)
 
-    asyncio.run(tail())
+    try:
+        asyncio.run(tail())
+    except (RuntimeError, OSError) as err:  # the log stream broke (aiohttp's errors are OSErrors or RuntimeErrors)
+        raise JobsError(f"following job {job_id}: the Ray cluster did not answer ({_first_line(err)})") from None
     return status(jobs_client, job_id)
 
 

@@ -241,9 +241,10 @@ class RayRunner(Runner):
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as err:
-                        if gang:  # the others wait on this one: stop them all now (finally kills them)
-                            raise WorkFailedError(item.key, attempt, f"{_cause(err)}; the {len(pending)} others of its group "
-                                                  "were stopped") from err
+                        if gang:  # the others wait on this one: stop them all now (finally kills them, and this one)
+                            idle.append(actor)
+                            raise WorkFailedError(item.key, attempt, f"{_cause(err)}; its group's {len(pending)} other "
+                                                  "worker(s) stopped") from err
                         if not isinstance(err, ray.exceptions.RayActorError):
                             idle.append(actor)
                         elif not idle and not pending:
@@ -264,7 +265,8 @@ class RayRunner(Runner):
 
 def _cause(err: BaseException) -> str:
     cause = getattr(err, "cause", None) or err
-    return f"{type(cause).__name__}: {cause}"
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first}"
 
 
 def cluster_summary() -> dict[str, float]:

@@ -120,7 +120,7 @@ def test_an_item_that_fails_for_good_while_others_run_fails_the_map_naming_it(ra
     started = time.monotonic()
     with pytest.raises(WorkFailedError, match="item-0.*item 0 is bad"):
         ray_cluster.map_workers(work.FailOneSleepOthers, (30.0,), items(2), workers=2)
-    with pytest.raises(WorkFailedError, match="item-0.*others of its group were stopped"):
+    with pytest.raises(WorkFailedError, match=r"item-0.*its group's 1 other worker\(s\) stopped"):
         ray_cluster.map_workers(work.FailOneSleepOthers, (30.0,), items(2), workers=2, gang=True)
     assert time.monotonic() - started < 30, "the sleeping item was not waited for"
     with pytest.raises(SpecError, match="must run at once"):
