@@ -244,3 +244,17 @@ def test_kcenter_n_initial_binds_only_random_starts():
         assert sel.start == start and sel.budget == 2
     with pytest.raises(SpecError, match="selection.kcenter.start"):
         parse_spec(with_(MINIMAL, "selection", {"method": "kcenter", "start": "centre"}))
+
+
+def test_a_spec_never_runs_code(tmp_path):
+    """YAML's Python tags are refused (a safe loader), not constructed: the command in the tag
+    never runs."""
+    marker = tmp_path / "ran"
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"input: {{url: !!python/object/apply:os.system ['touch {marker}']}}\nrun: {{dir: {tmp_path / 'run'}}}\n")
+    with pytest.raises(SpecError, match="job.yaml"):
+        load_spec(spec)
+    assert not marker.exists()
+    # the same text under PyYAML's unsafe loader would have run it
+    yaml.unsafe_load(spec.read_text())
+    assert marker.exists()
