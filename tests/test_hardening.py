@@ -341,7 +341,10 @@ def flaky_proxy(s3_server, monkeypatch):
     """The proxy on 127.0.0.1 as the S3 endpoint; set ``.fail`` (path -> bool) to inject errors."""
     from urllib.parse import urlsplit
 
-    from conftest import _clear_fsspec_cache
+    import fsspec
+
+    def _clear_fsspec_cache() -> None:  # s3fs caches a filesystem per endpoint: forget it on both sides
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
 
     upstream = urlsplit(s3_server["AWS_ENDPOINT_URL"])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)

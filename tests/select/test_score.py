@@ -66,8 +66,14 @@ def test_tta_bald_matches_mirrored_nnunet_predictions(models):
     stack = np.stack([_nnunet_probs(models["plain"], url, norm, patch.valid, f).reshape(2, -1) for f in flips(scorer.axes, 4)])
     mean = stack.mean(axis=0)
     bald = scipy_entropy(mean, axis=0) - np.mean([scipy_entropy(s, axis=0) for s in stack], axis=0)
-    assert got["bald"] == pytest.approx(bald.mean(), rel=2e-2, abs=1e-6)
-    assert got["bald"] > 0 and got["entropy"] == pytest.approx(scipy_entropy(mean, axis=0).mean(), rel=2e-3)
+    # BALD is a small difference of two entropies, and nnU-Net's reference carries float16 rounding
+    # (its window sums in half precision): each entropy agrees to 2e-3 of itself (checked here and
+    # in the test above), so their difference agrees to about a thousandth of the entropy, not
+    # always to 2 % of BALD itself (3.6e-5 of a 9e-4 BALD seen with one trained model)
+    entropy = float(scipy_entropy(mean, axis=0).mean())
+    print(f"BALD {got['bald']:.3g} (reference {bald.mean():.3g}), entropy {entropy:.3g}")
+    assert got["bald"] == pytest.approx(bald.mean(), rel=2e-2, abs=max(1e-6, 1e-3 * entropy))
+    assert got["bald"] > 0 and got["entropy"] == pytest.approx(entropy, rel=2e-3)
 
 
 def test_mc_dropout_needs_dropout_layers_and_is_seeded(models):
