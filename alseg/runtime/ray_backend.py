@@ -211,9 +211,8 @@ class RayRunner(Runner):
         if not todo:
             return
         self.check_fits(resources, desc)
-        if gang and (workers < len(todo) or self.capacity(resources) < len(todo)):
-            raise SpecError(f"{desc}: {len(todo)} items must run at once, but {min(workers, self.capacity(resources))} "
-                            "workers of these resources fit")
+        if gang and (fit := min(workers, self.capacity(resources))) < len(todo):
+            raise SpecError(f"{desc}: {len(todo)} items must run at once, but {fit} workers of these resources fit")
         ray = self._ray
 
         class _Worker:  # a thin actor shell around the user's plain class
