@@ -21,6 +21,7 @@ of alseg that imports Ray.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
@@ -31,6 +32,8 @@ from typing import Any
 from alseg.errors import SpecError
 from alseg.io import store as st
 from alseg.progress import progress_bar
+
+log = logging.getLogger("alseg")
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,8 @@ class Runner(ABC):
         if markers is not None:
             wanted = set(keys)
             results.update({k: v for k, v in markers.load().items() if k in wanted})
+            if results:  # a resumed map says how much it did not redo
+                log.info("%s: %d of %d done before, reused", desc, len(results), len(items))
         todo = [i for i in items if i.key not in results]
         w = weight or (lambda _: 1)
         total = sum(w(i) for i in items)
@@ -254,6 +259,10 @@ class Runner(ABC):
         finally:
             bar.close()
         return {k: results[k] for k in keys}
+
+    def _retrying(self, item: WorkItem, attempt: int, cause: str, desc: str) -> None:
+        """One log line for an item that failed and runs again (``attempt`` is the one that failed)."""
+        log.warning("%s: %s failed (%s); retry %d of %d", desc, item.key, cause, attempt, self.retries)
 
     @abstractmethod
     def _run_fn(self, fn, todo: list[WorkItem], resources: Resources, done: ProgressCallback, desc: str) -> None: ...

@@ -201,6 +201,7 @@ class RayRunner(Runner):
                     result = ray.get(ref)
                 except ray.exceptions.RayError as err:
                     if attempt <= self.retries:
+                        self._retrying(item, attempt, _cause(err), desc)
                         queue.appendleft((item, attempt + 1))
                         continue
                     self._fail(item, attempt, err, pending)
@@ -252,6 +253,7 @@ class RayRunner(Runner):
                             self.check_fits(resources, desc)
                             idle.append(actor_cls.remote(worker_cls, args_ref))
                         if attempt <= self.retries:
+                            self._retrying(item, attempt, _cause(err), desc)
                             queue.appendleft((item, attempt + 1))
                             continue
                         self._fail(item, attempt, err, {})  # actor tasks cannot be force-cancelled: finally kills their actors

@@ -259,6 +259,122 @@ def test_a_wrong_or_missing_token_and_an_unknown_job_are_one_line_errors(head, c
     assert len(err.splitlines()) == 1 and "no such job" in err
 
 
+TILES = 32  # the final prediction's blocks: a 16 x 128 x 128 volume in blocks of 8 x 32 x 32
+
+
+def _ours(head: Head, word: str) -> list:
+    """Processes of this module's head (its descendants, by pid) whose command line holds ``word``."""
+    import psutil
+
+    out = []
+    for p in psutil.Process(head.proc.pid).children(recursive=True):
+        try:
+            if word in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _tiles_done(run: Path) -> int:
+    """Completion records of the final prediction's first phase (one per block)."""
+    return len(list(run.glob("work/predict/final-*/predict-tiles/*.json")))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_killed_driver_resubmitted_reuses_stages_and_blocks_and_a_killed_worker_changes_nothing(head, tmp_path, capsys,
+                                                                                                   monkeypatch):
+    _on_a_live_head(head, lambda folder: _killed_driver_then_killed_worker(head, folder, capsys, monkeypatch), tmp_path)
+
+
+def _killed_driver_then_killed_worker(head, tmp_path, capsys, monkeypatch):
+    """The job's stages up to its last round's evaluation run here first; the submitted job predicts
+    the volume on the head's Ray workers. Its driver is SIGKILLed mid-prediction, the spec
+    resubmitted, and a prediction worker of that second job SIGKILLed mid-prediction: the second job
+    reuses every finished stage and block (counted in its log), and its output equals an
+    uninterrupted prediction with the same model."""
+    from alseg.pipeline import run_job
+    from alseg.pipeline.predict import run_predict
+    from alseg.pipeline.records import read_record
+    from alseg.synth import SynthParams, write_synthetic
+
+    tmp_path.mkdir(parents=True)
+    capsys.readouterr()
+    volume = tmp_path / "v.zarr"
+    write_synthetic(volume, SynthParams.preset("easy", shape=(16, 128, 128), seed=3))
+    train = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "final_validation": False}
+    nnunet = {"device": "cpu", "plan_overrides": {"patch_size_vox": [8, 32, 32], "batch_size": 2, "n_stages": 3,
+                                                  "features_per_stage": [4, 8, 16]}, "pretrain": train, "finetune": train}
+    path = _spec(tmp_path, "resumed", volume, nnunet=nnunet,
+                 prediction={"block_shape_vox": [8, 32, 32], "halo_vox": [2, 8, 8], "mirroring": True},
+                 resources={"backend": "ray", "nnunet": {"cpus": 1}, "prediction": {"cpus": 1, "gpus": 0, "workers": 1}})
+    d = yaml.safe_load(path.read_text())
+    run = Path(d["run"]["dir"])
+    here = parse_spec({**d, "resources": {"backend": "serial"}})
+    before = [s.key for s in run_job(here, progress=False, until="evaluate-01", say=lambda _: None).states]
+    assert before == ["pseudolabels", "pseudolabel-scores", "pretrain", "evaluate-00", "select-01", "annotate-01",
+                      "finetune-01", "evaluate-01"]
+    monkeypatch.setenv("ALSEG_TEST_TOKEN", head.token)
+    cluster = ["--address", head.address, "--token-env", "ALSEG_TEST_TOKEN"]
+    c = jobs.client(head.address, "ALSEG_TEST_TOKEN")
+
+    def submit() -> str:
+        assert main(["submit", str(path), *cluster]) == 0
+        return capsys.readouterr().out.split()[0]
+
+    def wait_tiles(job: str, at_least: int) -> int:
+        deadline = time.time() + 300
+        while (n := _tiles_done(run)) < at_least:
+            assert time.time() < deadline and jobs.status(c, job) in ("PENDING", "RUNNING"), jobs.logs(c, job)[-3000:]
+            time.sleep(0.2)
+        return n
+
+    # the first job: its driver SIGKILLed once a few blocks are predicted
+    first = submit()
+    wait_tiles(first, 4)
+    drivers = _ours(head, "run-submitted")
+    assert drivers, "no driver process found"
+    for p in drivers:
+        p.kill()
+    assert _until(c, first, jobs.TERMINAL, timeout=60) == "FAILED"
+    reused = _tiles_done(run)
+    assert reused < TILES and not (run / "stages" / "predict.json").exists(), "the driver died after the prediction"
+    deadline = time.time() + 60
+    while _ours(head, "ray::_Worker"):  # the dead driver's prediction worker is gone
+        assert time.time() < deadline, "the killed job's worker outlived it"
+        time.sleep(0.5)
+
+    # resubmitted: a prediction worker SIGKILLed once it has predicted blocks of its own
+    second = submit()
+    wait_tiles(second, reused + 2)
+    workers = _ours(head, "ray::_Worker")
+    assert len(workers) == 1, [p.cmdline() for p in workers]
+    workers[0].kill()
+    assert _tiles_done(run) < TILES, "the prediction ended before the worker was killed: nothing was tested"
+    assert _until(c, second, jobs.TERMINAL) == "SUCCEEDED", jobs.logs(c, second)[-3000:]
+
+    first_log, log = jobs.logs(c, first), jobs.logs(c, second)
+
+    def reused_stages(text: str) -> list[str]:
+        return [line.split("]")[0][1:] for line in text.splitlines() if line.startswith("[") and line.endswith("done before, reused")]
+
+    assert reused_stages(first_log) == reused_stages(log) == before, "both jobs reused every stage finished before"
+    assert [line for line in log.splitlines() if line.startswith("[predict] ")][0].endswith(" ...")  # and ran the prediction
+    assert f"alseg: nnU-Net tiles: {reused} of {TILES} done before, reused" in log, log[-3000:]
+    assert sum("nnU-Net tiles: " in line and "failed (" in line and "retry 1 of 2" in line for line in log.splitlines()) == 1, \
+        log[-3000:]
+    assert all((run / "stages" / f"{k}.json").exists() for k in ("predict", "measure", "report"))
+
+    # an uninterrupted prediction here with the same model: the same classes, mask and instances
+    model = read_record(here, "finetune-01")["result"]
+    ref = run_predict(here, model_folder=model["model_folder"], norm=model["norm"], out_dir=str(run / "reference"),
+                      work_key="reference", progress=False)
+    for name in ("classes", "mask", "instances"):
+        np.testing.assert_array_equal(open_volume(str(run / "prediction" / f"{name}.zarr")).read(),
+                                      open_volume(ref[name]).read(), err_msg=name)
+
+
 def test_nothing_is_submitted_when_one_spec_of_a_batch_is_wrong(tmp_path, capsys):
     good = _spec(tmp_path, "good", tmp_path / "v.zarr")
     relative = tmp_path / "relative.yaml"

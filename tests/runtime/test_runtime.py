@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,15 @@ def test_map_returns_results_in_item_order(runner):
     assert out == {f"item-{i}": i * i for i in range(12)}
 
 
-def test_transient_failures_are_retried(runner, tmp_path):
-    out = runner.map(work.fail_first_times, items(6, lambda i: (str(tmp_path), i, 2 if i % 2 else 0)))
+def test_transient_failures_are_retried(runner, tmp_path, caplog):
+    out = runner.map(work.fail_first_times, items(6, lambda i: (str(tmp_path), i, 2 if i % 2 else 0)), desc="flaky")
     assert out == {f"item-{i}": i for i in range(6)}
     attempts = {i: int((tmp_path / f"attempts-{i}").read_text()) for i in range(6)}
     assert attempts == {i: 3 if i % 2 else 1 for i in range(6)}
+    # each retry is one log line naming the item, its attempt and why
+    retries = sorted(r.getMessage() for r in caplog.records if r.name == "alseg" and "retry" in r.getMessage())
+    assert len(retries) == 6 and all(m.startswith("flaky: item-") and "failed (" in m for m in retries), retries
+    assert [m for m in retries if m.startswith("flaky: item-3 ")][1].endswith("retry 2 of 2"), retries
 
 
 def test_persistent_failure_names_the_item(runner, tmp_path):
@@ -44,15 +49,17 @@ def test_persistent_failure_names_the_item(runner, tmp_path):
     assert "bad item 7" in str(info.value)
 
 
-def test_completion_markers_skip_finished_items(runner, tmp_path):
+def test_completion_markers_skip_finished_items(runner, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="alseg")
     log = tmp_path / "calls.log"
     markers = CompletionMarkers(tmp_path / "markers")
     work_items = items(8, lambda i: (str(log), i))
     # a first, interrupted run: only half the items got done
     runner.map(work.record_call, work_items[:4], markers=markers)
     assert sorted(markers.load()) == [f"item-{i}" for i in range(4)]
-    # the rerun computes only the other half, and returns every result
-    out = runner.map(work.record_call, work_items, markers=markers)
+    # the rerun computes only the other half, returns every result, and says what it reused
+    out = runner.map(work.record_call, work_items, markers=markers, desc="calls")
+    assert "calls: 4 of 8 done before, reused" in [r.getMessage() for r in caplog.records if r.name == "alseg"]
     assert out == {f"item-{i}": i + 1 for i in range(8)}
     calls = sorted(int(x) for x in log.read_text().split())
     assert calls == list(range(8)), "each item computed exactly once over both runs"
