@@ -35,6 +35,7 @@ from alseg.pipeline.selection import run_select
 from alseg.plan.cli import add_plan_parsers
 from alseg.report.model import selection_line
 from alseg.submitcli import add_submit_parsers
+from alseg.view.cli import add_view_parser
 
 DEMO_DIR = "demo-run"
 DEMO_SHAPE = (32, 256, 256)
@@ -527,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_plan_parsers(sub)
     add_submit_parsers(sub)
+    add_view_parser(sub)
 
     p = add("evaluate", cmd_evaluate, "score a label volume against ground truth (F1, precision, recall, PQ, IoU)",
             "Instance matching at IoU thresholds (one-to-one, optimal), with F1, precision, recall, accuracy, "

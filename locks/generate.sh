@@ -2,7 +2,7 @@
 # Regenerate the committed locks from pyproject.toml: `make lock` (a few minutes, ~2.5 GB of
 # scratch space under $TMPDIR, network to the package index). Never edit the locks by hand.
 #
-#   locks/cpu.txt   alseg[dev,gcs,annotate] with the CPU build of torch: what `make test`, `make demo`, CI
+#   locks/cpu.txt   alseg[dev,gcs,annotate,view] with the CPU build of torch: what `make test`, `make demo`, CI
 #                   and the CPU image install (scripts/install.sh, default mode)
 #   locks/cuda.txt  alseg[dev,gcs,gpu] with PyPI's CUDA torch: the GPU workers and the GPU image
 #
@@ -23,6 +23,12 @@
 #         both sets share gets the version the CPU set was tested with; only torch's CUDA
 #         dependencies (nvidia-*, triton, cuda-*) and the gpu extra's come on top.
 #
+# Kept versions: by default every package of the committed locks/cpu.txt keeps its version (the
+# resolution runs under it as a constraint, as pip-compile keeps existing pins): adding or removing
+# a dependency adds or removes only what it needs. ALSEG_LOCK_UPGRADE=1 resolves everything to the
+# newest versions pyproject.toml allows (then run the whole test suite before committing); it is
+# also what to do when a new dependency needs a newer version of a locked package (pip says so).
+#
 # Knobs (environment): PYTHON (a Python 3.11 interpreter; default python3), UV (a uv binary;
 # default: uv==$uv_version installed into the scratch folder), ALSEG_TORCH_VERSION and
 # ALSEG_TORCH_INDEX_URL (passed to scripts/install.sh), ALSEG_LOCK_KEEP=1 keeps the scratch folder.
@@ -32,7 +38,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 python="${PYTHON:-python3}"
 uv_version=0.13.8
-cpu_extras=dev,gcs,annotate
+cpu_extras=dev,gcs,annotate,view
 cuda_extras=dev,gcs,gpu
 
 say() { printf '[lock] %s\n' "$*" >&2; }
@@ -66,12 +72,20 @@ EOF
 }
 
 # 1. CPU: a fresh unlocked install, then every installed distribution.
-say "resolving alseg[$cpu_extras] afresh with pip in $work/venv (CPU torch)"
-ALSEG_UNLOCKED=1 ALSEG_TORCH=cpu ALSEG_EXTRAS="$cpu_extras" ALSEG_VENV="$work/venv" PYTHON="$python" \
+keep=""
+if [[ "${ALSEG_LOCK_UPGRADE:-0}" != 1 && -f locks/cpu.txt ]]; then
+  cp locks/cpu.txt "$work/kept-versions.txt"
+  keep="$work/kept-versions.txt"
+  say "resolving alseg[$cpu_extras] with pip in $work/venv (CPU torch), keeping the versions of locks/cpu.txt"
+else
+  say "resolving alseg[$cpu_extras] afresh with pip in $work/venv (CPU torch), newest versions"
+fi
+ALSEG_UNLOCKED=1 ALSEG_TORCH=cpu ALSEG_EXTRAS="$cpu_extras" ALSEG_VENV="$work/venv" PYTHON="$python" ALSEG_KEEP_PINS="$keep" \
   bash scripts/install.sh
 {
   header "CPU set, alseg[$cpu_extras] with the CPU build of torch" "$cpu_extras" cpu \
-    "Made by freezing a fresh unlocked scripts/install.sh in a scratch venv: pip's own resolution" \
+    "Made by freezing a fresh unlocked scripts/install.sh in a scratch venv (under the previous lock's" \
+    "versions unless ALSEG_LOCK_UPGRADE=1): pip's own resolution" \
     "with the CPU torch wheel's requirements (no nvidia-* packages, which PyPI's torch metadata" \
     "would add); every installed distribution except alseg and pip. See locks/generate.sh."
   "$work/venv/bin/python" - <<'PY'

@@ -29,6 +29,9 @@
 #   ALSEG_TORCH_INDEX_URL  extra pip index holding CPU torch wheels, for machines that have no local
 #                          CPU wheel (the default index serves CUDA builds on Linux), e.g.
 #                          https://download.pytorch.org/whl/cpu
+#   ALSEG_KEEP_PINS        unlocked only: a requirements file whose pins the resolution keeps (as
+#                          pip constraints; `make lock` passes the committed lock, so adding a
+#                          dependency moves no other package)
 #   ALSEG_EXTRAS           extras to install; unlocked: default dev; locked: the lock's extras
 #                          (its "# extras:" line) are always all installed, and naming one the
 #                          lock lacks is an error
@@ -165,7 +168,12 @@ else
   # tag too, so that the upgrade cannot swap a +cpu build for the index's CUDA one).
   constraints="$venv/alseg-constraints.txt"
   "$py" -W ignore -c 'import torch; print("torch==" + torch.__version__)' > "$constraints"
-  say "installing alseg[$extras] (editable, unlocked: newest versions) with $(cat "$constraints")"
+  if [[ -n "${ALSEG_KEEP_PINS:-}" ]]; then  # versions to keep (make lock: the committed lock's), torch's line aside
+    [[ -f "$ALSEG_KEEP_PINS" ]] || die "ALSEG_KEEP_PINS names no file: $ALSEG_KEEP_PINS"
+    grep -E '^[A-Za-z0-9]' "$ALSEG_KEEP_PINS" | grep -v -E '^torch==' >> "$constraints" || true
+    say "keeping the $(grep -c '==' "$constraints") versions pinned in $ALSEG_KEEP_PINS"
+  fi
+  say "installing alseg[$extras] (editable, unlocked: newest versions) with $(head -n 1 "$constraints")"
   PIP_CONSTRAINT="$constraints" "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[${extras}]"
 fi
 

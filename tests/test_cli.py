@@ -72,7 +72,6 @@ def test_ingest_command(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_demo_runs_the_whole_loop_and_reruns_without_redoing_anything(tmp_path, capsys):
     assert main(["demo", "--dir", str(tmp_path), "-q"]) == 0
     first = capsys.readouterr().out
@@ -103,6 +102,31 @@ def test_demo_runs_the_whole_loop_and_reruns_without_redoing_anything(tmp_path, 
     again = capsys.readouterr().out
     assert "done in" not in again and again.count("done before, reused") == 18
     assert (tmp_path / "synthetic.zarr" / "s0" / "zarr.json").stat().st_mtime_ns == stamp
+    _the_viewer_shows_the_demo_run(run)
+
+
+def _the_viewer_shows_the_demo_run(run):
+    """`alseg view` on the finished demo run: its layers, boxes and measurements, and what a headless
+    Chromium on the viewer's URL draws (the volume's x-y section and its instances)."""
+    import csv
+
+    from viewing import check_rendering, render
+
+    from alseg.view.contents import run_contents
+
+    contents = run_contents(str(run))
+    assert contents.missing == [] and contents.instances_layer == "instances"
+    assert [l.name for l in contents.segmentations] == ["pseudo-labels", "instances", "ground truth"]
+    assert [b.name for b in contents.box_layers] == ["held-out region", "core-set round 1", "core-set round 2"]
+    for r, layer in zip((1, 2), contents.box_layers[1:]):
+        picks = json.loads((run / "selection" / f"round-{r:02d}.json").read_text())
+        assert [a.description.split(",")[:2] for a in layer.boxes] == [[f"patch {i}", f" round {r}"] for i in picks["patch_ids"]]
+        assert [list(a.box.start) + list(a.box.stop) for a in layer.boxes] == picks["boxes"]
+    with open(run / "prediction" / "instances.csv") as fh:
+        table = {int(row["id"]): float(row["volume_um3"]) for row in csv.DictReader(fh)}
+    assert {i: m["volume_um3"] for i, m in contents.measurements.items()} == table
+    figures = check_rendering(contents, render(contents))
+    print(f"viewer on the demo run: section correlation {figures['r']:.3f}, instance IoU {figures['iou']:.3f}")
 
 
 def test_pseudolabel_and_evaluate_commands(tmp_path, capsys):

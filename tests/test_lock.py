@@ -28,8 +28,9 @@ STAMP = Path(sys.prefix) / ".alseg-install-stamp"
 UNLOCKED_OK = {"alseg", "pip", "setuptools", "wheel"}
 CUDA_ONLY = re.compile(r"^(nvidia-.*|triton|cuda-.*|faiss-gpu.*)$")
 # extras for people's desktops and CI, not for GPU workers: the annotation GUI (napari, micro-SAM,
-# PyQt6, whose Qt wheels need glibc 2.34 while the CUDA set targets manylinux_2_28)
-DESKTOP_ONLY = {"annotate"}
+# PyQt6, whose Qt wheels need glibc 2.34 while the CUDA set targets manylinux_2_28) and the viewer
+# (neuroglancer's server runs where a person opens a browser, not on a GPU worker)
+DESKTOP_ONLY = {"annotate", "view"}
 
 
 def _closure(extras: set[str]) -> set[str]:

@@ -196,6 +196,31 @@ def test_a_node_removed_mid_prediction_leaves_the_same_output(s3_run, two_nodes)
                                       err_msg=name)
 
 
+def test_the_viewer_draws_the_run_on_object_storage_and_no_credential_reaches_it(s3_run, s3_server):
+    """`alseg view` on the run in the bucket (private: read through the viewer's file server with
+    this environment's credentials): a headless Chromium draws the x-y section and its instances;
+    neither the state, the page, nor the state written by --state-only holds a credential."""
+    import json
+
+    from viewing import check_rendering, render
+
+    from alseg.view.contents import run_contents
+    from alseg.view.session import write_state
+
+    spec, _, _ = s3_run
+    contents = run_contents(spec.run.dir)
+    assert contents.rundir == spec.run.dir and contents.instances_layer == "instances"
+    shots = render(contents)
+    check_rendering(contents, shots)
+    sources = [l["source"] for l in shots["state"]["layers"] if l["type"] != "annotation"]
+    assert all(str(s).count("zarr3://http://127.0.0.1:") >= 1 for s in sources), sources
+    written = write_state(contents, 18093)
+    assert written["state"] == st.join(spec.run.dir, "view", "state.json") and "link" not in written, "a private bucket: no public link"
+    seen = json.dumps(shots["state"]) + shots["page"].decode(errors="replace") + st.read_bytes(written["state"]).decode()
+    for value in (s3_server["AWS_ACCESS_KEY_ID"], s3_server["AWS_SECRET_ACCESS_KEY"]):
+        assert value not in seen
+
+
 def test_a_node_that_did_not_pretrain_finetunes_from_the_published_pretraining(s3_run, monkeypatch):
     """Last in this module: it publishes a new round-1 model. nnU-Net's training is not seeded (its augmentation draws freely), so the new round-1 model is
     checked by what it must share with the first: the pretraining's plans, carried over, and

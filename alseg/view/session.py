@@ -1,0 +1,145 @@
+"""A viewing session: a run's contents, the file server for its volumes, and neuroglancer's viewer.
+
+Each volume is referenced where neuroglancer can read it: straight from its own URL where that is
+public (``https://``; ``s3://`` / ``gs://`` buckets that answer anonymously on their provider's
+own endpoint), else through the session's :class:`~alseg.view.files.FileServer` on 127.0.0.1,
+which reads it with alseg's store and the environment's credentials: no credential ever goes into
+a URL or the state. The instances' measurements travel as segment properties (``props/info``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from typing import Any
+
+from alseg.io import store as st
+from alseg.rundir import contains
+from alseg.view.contents import RunContents
+from alseg.view.files import FileServer, served_url
+from alseg.view.state import segment_properties, viewer_state
+from alseg.view.viewer import Viewer
+
+PUBLIC_VIEWER = "https://neuroglancer-demo.appspot.com/"
+PROPERTIES = "/props/info"
+STATE_FOLDER = "view"
+
+
+def public_location(url: str, probe: str = "zarr.json") -> str | None:
+    """Where neuroglancer reads ``url`` itself when it is public (``https://...``, ``s3://...``,
+    ``gs://...``; ``probe``, a file under it, answers without credentials), else None."""
+    protocol = st.protocol_of(url)
+    if protocol in ("http", "https"):
+        host = urllib.parse.urlsplit(url).hostname or ""
+        return None if host in ("127.0.0.1", "localhost", "::1") else url.rstrip("/")
+    if protocol == "s3" and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                                 or st.storage_options(url).get("client_kwargs", {}).get("endpoint_url")):
+        return url.rstrip("/") if _anonymous(url, probe, "s3", anon=True) else None
+    if protocol in ("gs", "gcs"):
+        return "gs://" + url.split("://", 1)[1].rstrip("/") if _anonymous(url, probe, "gs", token="anon") else None
+    return None
+
+
+def _anonymous(url: str, probe: str, protocol: str, **anon: Any) -> bool:
+    """Whether ``probe`` under ``url`` can be read without credentials (its bucket is public)."""
+    import fsspec
+
+    try:
+        fs = fsspec.filesystem(protocol, **anon)
+        path = url.split("://", 1)[1].rstrip("/")
+        fs.cat_file(f"{path}/{probe}")
+        return True
+    except Exception:  # noqa: BLE001 - any refusal means: not public
+        return False
+
+
+def served_roots(contents: RunContents) -> dict[str, str]:
+    """What the file server serves: the run directory, the input image, and a ground truth that
+    lies in neither."""
+    roots = {"run": contents.rundir, "input": contents.image.url}
+    for layer in contents.segmentations:
+        if not any(contains(r, layer.url) for r in roots.values()):
+            roots["truth"] = layer.url
+    return roots
+
+
+def location_of(url: str, roots: dict[str, str], base: str, probe: str = "zarr.json") -> str:
+    """Where neuroglancer reads ``url``: its own location where public, else the file server's at ``base``."""
+    direct = public_location(url, probe)
+    if direct is not None:
+        return direct
+    for name, root in roots.items():
+        if contains(root, url):
+            return served_url(base, name, _relative(root, url))
+    raise ValueError(f"{st.redact(url)} is not under any served root")
+
+
+def source_of(url: str, roots: dict[str, str], base: str) -> str:
+    """The data-source URL of the OME-Zarr volume at ``url``."""
+    return f"zarr3://{location_of(url, roots, base)}/"
+
+
+def _relative(root: str, url: str) -> str:
+    if st.is_local(root):
+        rel = os.path.relpath(st.local_path(url), st.local_path(root)).replace(os.sep, "/")
+        return "" if rel == "." else rel
+    return url.rstrip("/")[len(root.rstrip("/")):].strip("/")
+
+
+def session_state(contents: RunContents, base: str, properties: str | None) -> dict[str, Any]:
+    return viewer_state(contents, lambda url: source_of(url, served_roots(contents), base), properties)
+
+
+class ViewSession:
+    """Serve ``contents``: :meth:`start` starts the file server (``files_port``) and the viewer
+    (``port``); :attr:`url` is what to open; :meth:`close` stops both."""
+
+    def __init__(self, contents: RunContents, *, port: int = 0, files_port: int = 0) -> None:
+        self.contents = contents
+        self.port = port
+        props = json.dumps(segment_properties(contents.measurements)).encode() if contents.measurements else None
+        self.files = FileServer(served_roots(contents), documents={PROPERTIES: props} if props else {}, port=files_port)
+        self._props = props is not None
+        self.viewer: Viewer | None = None
+
+    def state(self) -> dict[str, Any]:
+        props = f"precomputed://{self.files.base}{PROPERTIES.removesuffix('/info')}" if self._props else None
+        return session_state(self.contents, self.files.base, props)
+
+    def start(self) -> "ViewSession":
+        self.files.start()
+        try:
+            self.viewer = Viewer(self.state(), self.port)
+        except BaseException:
+            self.files.stop()
+            raise
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.viewer is not None, "start() first"
+        return self.viewer.url
+
+    def close(self) -> None:
+        if self.viewer is not None:
+            self.viewer.close()
+        self.files.stop()
+
+
+def write_state(contents: RunContents, files_port: int) -> dict[str, str]:
+    """``alseg view --state-only``: the state (sources not public are named as ``alseg view RUNDIR
+    --files-port files_port`` serves them) and the segment properties, into ``<run dir>/view``; a
+    link to the public neuroglancer deployment when every source is public. Returns what it wrote."""
+    folder = st.join(contents.rundir, STATE_FOLDER)
+    base = f"http://127.0.0.1:{files_port}"
+    props = None
+    if contents.measurements:
+        st.write_json(st.join(folder, "props", "info"), segment_properties(contents.measurements))
+        props = f"precomputed://{location_of(st.join(folder, 'props'), served_roots(contents), base, probe='info')}"
+    state = session_state(contents, base, props)
+    out = {"state": st.join(folder, "state.json")}
+    st.write_json(out["state"], state)
+    if base not in json.dumps(state):
+        out["link"] = PUBLIC_VIEWER + "#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
+    return out
