@@ -59,5 +59,6 @@ def run_report(spec: JobSpec, records: dict[str, dict[str, Any]]) -> dict[str, A
         measurements_csv=None if measure is None else measure["csv"],
         outputs={k: st.redact(v) for k, v in outputs.items()},
         embedding_quality=quality,
+        run_dir=st.redact(spec.run.dir),
     )
     return write_report(summary, st.join(spec.run.dir, "report"))

@@ -38,6 +38,8 @@ class Heading:
 @dataclass(frozen=True)
 class Para:
     text: str
+    link: tuple[str, str] | None = None
+    """``(label, relative href)`` after the text."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,16 @@ def _outputs(summary: RunSummary) -> list[Block]:
     return [Heading("Outputs"), Table(("output", "location"), rows, align="ll")]
 
 
+def _viewer(summary: RunSummary) -> list[Block]:
+    if summary.run_dir is None:
+        return []
+    return [Heading("Viewer"),
+            Para(f"The whole volume in neuroglancer (image, pseudo-labels, instances with these measurements on "
+                 f"selection, ground truth, held-out region, every round's core-set): alseg view {summary.run_dir} . "
+                 f"alseg view {summary.run_dir} --state-only writes the viewer state to share:",
+                 link=("view/state.json", "../view/state.json"))]
+
+
 def build(summary: RunSummary) -> list[Block]:
     """Every block of the report, in order."""
     head: list[Block] = [Heading(f"alseg run report: {summary.name}", level=1)]
@@ -263,4 +275,4 @@ def build(summary: RunSummary) -> list[Block]:
         head.append(Para(f"Created {summary.created}."))
     spec = [Heading("Job spec"), Code("the job spec (YAML)", "yaml", summary.spec_yaml)]
     return [*head, *_rounds(summary), *_overlays(summary), *_measurements(summary), *_selection(summary), *_embedding(summary),
-            *_pseudolabels(summary), *_stages(summary), *_outputs(summary), *spec]
+            *_pseudolabels(summary), *_stages(summary), *_outputs(summary), *_viewer(summary), *spec]

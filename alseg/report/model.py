@@ -174,6 +174,8 @@ class RunSummary:
     created: str | None = None
     embedding_quality: Mapping[str, Any] | None = None
     """The embedding-quality stage's figures (``<run dir>/embedding/quality.json``), if it ran."""
+    run_dir: str | None = None
+    """The run directory (redacted), for the viewer section; the report lives in its ``report`` folder."""
 
     def __post_init__(self) -> None:
         stages, rounds = tuple(self.stages), tuple(self.rounds)

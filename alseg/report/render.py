@@ -65,7 +65,8 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Heading):
         return f"<h{block.level}>{_e(block.text)}</h{block.level}>"
     if isinstance(block, Para):
-        return f"<p>{_e(block.text)}</p>"
+        link = f' <a href="{_e(block.link[1])}">{_e(block.link[0])}</a>' if block.link else ""
+        return f"<p>{_e(block.text)}{link}</p>"
     if isinstance(block, Table):
         align = block.alignment()
         head = "".join(f'<th class="{"left" if a == "l" else "right"}">{_e(h)}</th>' for h, a in zip(block.header, align))
@@ -121,7 +122,8 @@ def _md_block(block: Block, files_dir: str) -> str:
     if isinstance(block, Heading):
         return f"{'#' * block.level} {_md_text(block.text)}"
     if isinstance(block, Para):
-        return _md_text(block.text)
+        link = f" [{_md_text(block.link[0])}](<{block.link[1]}>)" if block.link else ""
+        return _md_text(block.text) + link
     if isinstance(block, Table):
         header = [h.replace("|", "\\|") for h in map(_md_text, block.header)]
         lines = ["| " + " | ".join(header) + " |",

@@ -322,3 +322,15 @@ def test_report_shows_the_embedding_space_against_pixels_and_its_warnings():
         assert "ratio 0.765" in doc  # 0.75 / 0.98, held-out loss over the mean predictor's
         assert "Warning: the mae embedding predicts" in doc
     assert "Embedding space" not in _read(write_report(RunSummary(name="none", spec_yaml=""), "memory://alseg-report-embedding/none")["markdown"]).decode()
+
+
+def test_report_links_the_viewer_state_beside_it(tmp_path):
+    run = tmp_path / "run"
+    written = write_report(RunSummary(name="v", spec_yaml="", run_dir=str(run)), str(run / "report"))
+    html_text, md = (Path(written[k]).read_text() for k in ("html", "markdown"))
+    assert f"alseg view {run} --state-only" in md and f"alseg view {run} --state-only" in html_text
+    hrefs = re.findall(r'<a href="([^"]+)">view/state.json</a>', html_text)
+    assert hrefs == ["../view/state.json"] and "[view/state.json](<../view/state.json>)" in md
+    # the link, resolved from the report's folder, is where `alseg view --state-only` writes
+    assert (Path(written["html"]).parent / hrefs[0]).resolve() == (run / "view" / "state.json").resolve()
+    assert "Viewer" not in _read(write_report(RunSummary(name="none", spec_yaml=""), "memory://alseg-report-viewer/none")["markdown"]).decode()

@@ -127,3 +127,20 @@ def test_without_the_view_extra_the_command_says_how_to_install_it(early_run):
             f"sys.exit(main(['view', {str(early_run / 'run')!r}]))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "pip install 'alseg[view]'" in res.stderr, res.stderr
+
+
+def test_screenshot_renders_in_a_chromium_of_its_own_and_stops_it(early_run, tmp_path):
+    import numpy as np
+    import psutil
+    from PIL import Image
+    from viewing import browser_or_skip
+
+    browser_or_skip()
+    out = tmp_path / "view.png"
+    res = subprocess.run([sys.executable, "-m", "alseg.cli", "view", str(early_run / "run"), "--screenshot", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and f"screenshot: {out}" in res.stdout, res.stderr[-2000:]
+    pixels = np.asarray(Image.open(out).convert("L")).astype(float)
+    assert pixels.shape == (768, 1024) and pixels.std() > 10, "the image layer was drawn"
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if "alseg-view-browser-" in " ".join(p.info["cmdline"] or [])]
+    assert left == [], "the browser it started is stopped"
