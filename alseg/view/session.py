@@ -30,9 +30,8 @@ def public_location(url: str, probe: str = "zarr.json") -> str | None:
     """Where neuroglancer reads ``url`` itself when it is public (``https://...``, ``s3://...``,
     ``gs://...``; ``probe``, a file under it, answers without credentials), else None."""
     protocol = st.protocol_of(url)
-    if protocol in ("http", "https"):
-        host = urllib.parse.urlsplit(url).hostname or ""
-        return None if host in ("127.0.0.1", "localhost", "::1") else url.rstrip("/")
+    if protocol in ("http", "https"):  # alseg reads these without credentials: so can the browser
+        return url.rstrip("/")
     if protocol == "s3" and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
                                  or st.storage_options(url).get("client_kwargs", {}).get("endpoint_url")):
         return url.rstrip("/") if _anonymous(url, probe, "s3", anon=True) else None

@@ -36,8 +36,8 @@ def _resample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return sums / counts
 
 
-def _instances(contents: RunContents) -> np.ndarray:
-    layer = next(l for l in contents.segmentations if l.name == contents.instances_layer)
+def _labels(contents: RunContents, name: str) -> np.ndarray:
+    layer = next(l for l in contents.segmentations if l.name == name)
     return open_volume(layer.url).read()
 
 
@@ -53,14 +53,15 @@ def browser_or_skip() -> None:
         require(False, str(err))
 
 
-def render(contents: RunContents, size: tuple[int, int] = (800, 800)) -> dict[str, object]:
-    """Screenshots of the image alone and of the image under the instances at the section that
-    holds the most instance voxels, from a Chromium (started here on the viewer's URL, stopped by
-    its process group); and the section's index, the URL and the state."""
+def render(contents: RunContents, size: tuple[int, int] = (800, 800), labels: str | None = None) -> dict[str, object]:
+    """Screenshots of the image alone and of the image under a label layer (default: the
+    instances) at the section that holds the most of its voxels, from a Chromium (started here on
+    the viewer's URL, stopped by its process group); and the section's index, the URL and the state."""
     browser_or_skip()
-    z = int(np.argmax((_instances(contents) > 0).sum(axis=(1, 2))))
+    labels = labels or contents.instances_layer
+    z = int(np.argmax((_labels(contents, labels) > 0).sum(axis=(1, 2))))
     session = ViewSession(contents).start()
-    shots: dict[str, object] = {"url": session.url, "state": session.state(), "z": z}
+    shots: dict[str, object] = {"url": session.url, "state": session.state(), "z": z, "labels": labels}
     import urllib.request
 
     shots["page"] = urllib.request.urlopen(session.url, timeout=30).read()
@@ -69,7 +70,7 @@ def render(contents: RunContents, size: tuple[int, int] = (800, 800)) -> dict[st
             proc = open_headless(session.url, profile)
             try:
                 state = session.state()
-                for name, shown in (("image", {contents.image.name}), ("instances", {contents.image.name, contents.instances_layer})):
+                for name, shown in (("image", {contents.image.name}), ("overlay", {contents.image.name, labels})):
                     view = copy.deepcopy(state)
                     view.update(showAxisLines=False, showScaleBar=False)  # nothing drawn over the section
                     view["position"][2] = float(z)
@@ -86,7 +87,7 @@ def render(contents: RunContents, size: tuple[int, int] = (800, 800)) -> dict[st
 
 def check_rendering(contents: RunContents, shots: dict[str, object]) -> dict[str, float]:
     """Assert the screenshots show the x-y section and its instances; returns the agreement figures."""
-    image, both = shots["image"], shots["instances"]
+    image, both = shots["image"], shots["overlay"]
     gray = image.mean(axis=2)
     background = np.median(np.concatenate([gray[:5].ravel(), gray[-5:].ravel()]))
     inside = np.abs(gray - background) > 1
@@ -100,9 +101,9 @@ def check_rendering(contents: RunContents, shots: dict[str, object]) -> dict[str
     r_t = np.corrcoef(drawn.ravel(), section.T.ravel())[0, 1] if section.shape[0] == section.shape[1] else -1.0
     assert drawn.std() > 5 and r > 0.5 and r > r_t + 0.2, f"the drawn section is not the volume's x-y section (r {r:.2f}, transposed {r_t:.2f})"
     # where the instance layer coloured the section: against the instances of that section
-    labels = _instances(contents)[z] > 0
+    labels = _labels(contents, str(shots["labels"]))[z] > 0
     coloured = _resample(np.abs(both - image).sum(axis=2)[box], labels.shape) > 30
-    assert labels.any(), "the run's instances are empty in the shown section: nothing to check"
+    assert labels.any(), f"the layer {shots['labels']!r} is empty: nothing to check"
     iou = (coloured & labels).sum() / max(1, (coloured | labels).sum())
     assert iou > 0.5, f"the instance layer's pixels do not match the section's instances (IoU {iou:.2f})"
     return {"r": float(r), "r_transposed": float(r_t), "iou": float(iou)}

@@ -144,3 +144,18 @@ def test_screenshot_renders_in_a_chromium_of_its_own_and_stops_it(early_run, tmp
     assert pixels.shape == (768, 1024) and pixels.std() > 10, "the image layer was drawn"
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if "alseg-view-browser-" in " ".join(p.info["cmdline"] or [])]
     assert left == [], "the browser it started is stopped"
+
+
+def test_public_volumes_go_to_neuroglancer_directly_private_ones_through_the_file_server(s3_server, tmp_path):
+    from alseg.view.session import location_of, public_location, source_of
+
+    roots = {"run": "s3://em-runs/run", "input": "https://data.example.org/em/v.zarr"}
+    base = "http://127.0.0.1:9"
+    assert public_location("https://data.example.org/em/v.zarr/") == "https://data.example.org/em/v.zarr"
+    assert source_of("https://data.example.org/em/v.zarr", roots, base) == "zarr3://https://data.example.org/em/v.zarr/"
+    # a bucket behind a custom endpoint (here: moto's) is not one neuroglancer can reach itself
+    assert public_location("s3://em-runs/run/pseudolabels.zarr") is None
+    assert source_of("s3://em-runs/run/pseudolabels.zarr", roots, base) == "zarr3://http://127.0.0.1:9/run/pseudolabels.zarr/"
+    assert location_of("s3://em-runs/run/view/props", roots, base, probe="info") == "http://127.0.0.1:9/run/view/props"
+    with pytest.raises(ValueError, match="not under any served root"):
+        source_of(str(tmp_path / "elsewhere.zarr"), roots, base)
