@@ -20,12 +20,12 @@ def alseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_explains_every_command():
     res = alseg("--help")
     assert res.returncode == 0
-    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo", "run", "experiment", "status", "import", "calibrate", "plan", "submit", "jobs", "logs", "stop", "run-submitted"):
+    for cmd in ("validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo", "run", "experiment", "status", "import", "calibrate", "plan", "submit", "jobs", "logs", "stop", "run-submitted", "view"):
         assert cmd in res.stdout
         sub = alseg(cmd, "--help")
         assert sub.returncode == 0 and len(sub.stdout) > 200, cmd
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo", "run", "experiment", "status", "import", "calibrate", "plan", "submit", "jobs", "logs", "stop", "run-submitted"}
+    assert set(commands) == {"validate", "schema", "info", "synth", "ingest", "ingest-vnc", "pseudolabel", "pretrain", "predict", "embed", "select", "evaluate", "demo", "run", "experiment", "status", "import", "calibrate", "plan", "submit", "jobs", "logs", "stop", "run-submitted", "view"}
 
 
 def test_synth_info_and_refusal_to_overwrite(tmp_path):

@@ -159,3 +159,15 @@ def test_public_volumes_go_to_neuroglancer_directly_private_ones_through_the_fil
     assert location_of("s3://em-runs/run/view/props", roots, base, probe="info") == "http://127.0.0.1:9/run/view/props"
     with pytest.raises(ValueError, match="not under any served root"):
         source_of(str(tmp_path / "elsewhere.zarr"), roots, base)
+
+
+def test_an_unreadable_volume_is_a_one_line_error(tmp_path, capsys):
+    from alseg.rundir import claim
+    from alseg.spec import parse_spec
+
+    spec = parse_spec({"name": "gone", "input": {"url": str(tmp_path / "moved-away.zarr"), "ground_truth": "mitochondria"}, "run": {"dir": str(tmp_path / "run")},
+                       "patches": {"shape_vox": [8, 32, 32]}, "selection": {"method": "random", "budget": 1}})
+    claim(spec)  # the run directory is the job's; its input is not there
+    assert main(["view", str(tmp_path / "run"), "--state-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "moved-away.zarr" in err and "Traceback" not in err, err
