@@ -263,8 +263,8 @@ def _viewer(summary: RunSummary) -> list[Block]:
         return []
     return [Heading("Viewer"),
             Para(f"The whole volume in neuroglancer (image, pseudo-labels, instances with these measurements on "
-                 f"selection, ground truth, held-out region, every round's core-set): alseg view {summary.run_dir} . "
-                 f"alseg view {summary.run_dir} --state-only writes the viewer state to share:",
+                 f"selection, ground truth, held-out region, every round's core-set): run `alseg view {summary.run_dir}`. "
+                 f"After `alseg view {summary.run_dir} --state-only`, the viewer state to share is here:",
                  link=("view/state.json", "../view/state.json"))]
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from alseg.errors import SpecError
 from alseg.io import store as st
+from alseg.io.urls import scrub
 from alseg.progress import progress_bar
 
 log = logging.getLogger("alseg")
@@ -262,7 +263,7 @@ class Runner(ABC):
 
     def _retrying(self, item: WorkItem, attempt: int, cause: str, desc: str) -> None:
         """One log line for an item that failed and runs again (``attempt`` is the one that failed)."""
-        log.warning("%s: %s failed (%s); retry %d of %d", desc, item.key, cause, attempt, self.retries)
+        log.warning("%s: %s failed (%s); retry %d of %d", desc, item.key, scrub(cause), attempt, self.retries)
 
     @abstractmethod
     def _run_fn(self, fn, todo: list[WorkItem], resources: Resources, done: ProgressCallback, desc: str) -> None: ...

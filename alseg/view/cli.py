@@ -9,6 +9,7 @@ own, saves what it rendered, and stops everything it started (by process id).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from typing import Any
 
-from alseg.errors import DependencyError
+from alseg.errors import DependencyError, OutputExistsError
 from alseg.io import store as st
 from alseg.view.contents import run_contents
 from alseg.view.session import ViewSession, write_state
@@ -46,8 +47,6 @@ def open_headless(url: str, profile: str) -> subprocess.Popen:
 
 def stop_browser(proc: subprocess.Popen) -> None:
     """Stop a browser of :func:`open_headless` and every process it started (its group, by id)."""
-    import os
-
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -61,7 +60,13 @@ def stop_browser(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the finally blocks stop the browser and the servers
+
+
 def cmd_view(args: argparse.Namespace) -> int:
+    if args.screenshot and os.path.exists(args.screenshot):
+        raise OutputExistsError(f"{args.screenshot} exists: alseg view --screenshot writes a new file only")
     contents = run_contents(args.rundir, args.round)
     for line in contents.missing:
         print(f"not in this run yet: {line}", file=sys.stderr)
@@ -71,8 +76,10 @@ def cmd_view(args: argparse.Namespace) -> int:
         if "link" in out:
             print(out["link"])
         else:
-            print(f"its volumes are served by: alseg view {args.rundir} --files-port {args.files_port or DEFAULT_FILES_PORT}")
+            print(f"its volumes are served by: alseg view {st.redact(args.rundir)} --files-port "
+                  f"{args.files_port or DEFAULT_FILES_PORT}")
         return 0
+    signal.signal(signal.SIGTERM, _interrupt)
     session = ViewSession(contents, port=args.port, files_port=args.files_port).start()
     try:
         if args.screenshot:
@@ -92,22 +99,16 @@ def _screenshot(session: ViewSession, path: str) -> int:
             png = session.viewer.screenshot(size=(1024, 768))
         finally:
             stop_browser(proc)
-    with open(path, "wb") as fh:
+    with open(path, "xb") as fh:  # never over a file that appeared meanwhile
         fh.write(png)
     print(f"screenshot: {path}")
     return 0
 
 
 def _wait_for_interrupt() -> None:
-    done = threading.Event()
-
-    def stop(*_: Any) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
     try:
-        done.wait()
-    except KeyboardInterrupt:
+        threading.Event().wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see _interrupt): a normal end
         pass
 
 

@@ -91,11 +91,21 @@ def _is_image(url: str) -> bool:
     return st.exists(st.join(url, "zarr.json")) or st.exists(st.join(url, ".zattrs"))
 
 
+CONTRAST_VOXELS = 2**24
+"""At most this many voxels are read for the contrast (a central box of the coarsest level)."""
+
+
 def _contrast(url: str, level: int) -> tuple[float, float]:
-    """The 0.5 and 99.5 percentiles of the coarsest level (a few MB on any volume)."""
+    """The 0.5 and 99.5 percentiles of the coarsest level, or of a central box of it of at most
+    :data:`CONTRAST_VOXELS` (an image without a pyramid is not read whole)."""
     coarse = open_volume(url, level=level)
-    last = open_volume(url, level=len(coarse.level_paths) - 1).read().astype(np.float64)
-    lo, hi = (float(v) for v in np.percentile(last, [0.5, 99.5]))
+    last = open_volume(url, level=len(coarse.level_paths) - 1)
+    shape = np.array(last.shape)
+    while int(np.prod(shape)) > CONTRAST_VOXELS:
+        shape[int(np.argmax(shape))] //= 2
+    start = (np.array(last.shape) - shape) // 2
+    values = last.read(Box(tuple(start), tuple(start + shape))).astype(np.float32)
+    lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     return (lo, hi if hi > lo else lo + 1.0)
 
 

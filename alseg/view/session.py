@@ -9,9 +9,11 @@ a URL or the state. The instances' measurements travel as segment properties (``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import urllib.parse
+import urllib.request
 from typing import Any
 
 from alseg.io import store as st
@@ -26,41 +28,50 @@ PROPERTIES = "/props/info"
 STATE_FOLDER = "view"
 
 
+@functools.lru_cache(maxsize=64)
 def public_location(url: str, probe: str = "zarr.json") -> str | None:
-    """Where neuroglancer reads ``url`` itself when it is public (``https://...``, ``s3://...``,
-    ``gs://...``; ``probe``, a file under it, answers without credentials), else None."""
+    """Where neuroglancer reads ``url`` itself, or None (the file server serves it): a URL that
+    carries no credential, whose ``probe`` file (under it) answers an anonymous request from a
+    browser page with CORS allowing it. ``s3://`` and ``gs://`` are asked at their providers' own
+    endpoints (a bucket behind a custom endpoint is served locally)."""
+    if st.redact(url) != url:
+        return None
     protocol = st.protocol_of(url)
-    if protocol in ("http", "https"):  # alseg reads these without credentials: so can the browser
-        return url.rstrip("/")
-    if protocol == "s3" and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-                                 or st.storage_options(url).get("client_kwargs", {}).get("endpoint_url")):
-        return url.rstrip("/") if _anonymous(url, probe, "s3", anon=True) else None
-    if protocol in ("gs", "gcs"):
-        return "gs://" + url.split("://", 1)[1].rstrip("/") if _anonymous(url, probe, "gs", token="anon") else None
-    return None
+    rest = url.split("://", 1)[-1].rstrip("/")
+    if protocol in ("http", "https"):
+        https = url.rstrip("/")
+    elif protocol == "s3" and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                                   or st.storage_options(url).get("client_kwargs", {}).get("endpoint_url")):
+        bucket, _, key = rest.partition("/")
+        https = f"https://{bucket}.s3.amazonaws.com/{key}".rstrip("/")
+    elif protocol in ("gs", "gcs"):
+        https = f"https://storage.googleapis.com/{rest}"
+    else:
+        return None
+    if not _answers_a_browser(f"{https}/{probe}"):
+        return None
+    return url.rstrip("/") if protocol in ("http", "https", "s3") else f"gs://{rest}"
 
 
-def _anonymous(url: str, probe: str, protocol: str, **anon: Any) -> bool:
-    """Whether ``probe`` under ``url`` can be read without credentials (its bucket is public)."""
-    import fsspec
-
+def _answers_a_browser(url: str) -> bool:
+    """Whether an anonymous GET of ``url`` from a page's origin succeeds with CORS allowing it."""
+    req = urllib.request.Request(url, headers={"Origin": "http://127.0.0.1:8090", "Range": "bytes=0-0"})
     try:
-        fs = fsspec.filesystem(protocol, **anon)
-        path = url.split("://", 1)[1].rstrip("/")
-        fs.cat_file(f"{path}/{probe}")
-        return True
-    except Exception:  # noqa: BLE001 - any refusal means: not public
+        with urllib.request.urlopen(req, timeout=10) as res:
+            allowed = res.headers.get("Access-Control-Allow-Origin")
+            return res.status in (200, 206) and allowed == "*"  # any viewer's page, the public one's too
+    except (OSError, ValueError):
         return False
 
 
 def served_roots(contents: RunContents) -> dict[str, str]:
     """What the file server serves: the run directory, the input image, and a ground truth that
-    lies in neither."""
+    lies in neither; not those neuroglancer reads itself (public)."""
     roots = {"run": contents.rundir, "input": contents.image.url}
     for layer in contents.segmentations:
         if not any(contains(r, layer.url) for r in roots.values()):
             roots["truth"] = layer.url
-    return roots
+    return {k: v for k, v in roots.items() if k == "run" or public_location(v) is None}
 
 
 def location_of(url: str, roots: dict[str, str], base: str, probe: str = "zarr.json") -> str:
@@ -75,8 +86,9 @@ def location_of(url: str, roots: dict[str, str], base: str, probe: str = "zarr.j
 
 
 def source_of(url: str, roots: dict[str, str], base: str) -> str:
-    """The data-source URL of the OME-Zarr volume at ``url``."""
-    return f"zarr3://{location_of(url, roots, base)}/"
+    """The data-source URL of the OME-Zarr volume at ``url`` (zarr v3, or v2 for NGFF 0.4)."""
+    scheme = "zarr3" if st.exists(st.join(url, "zarr.json")) else "zarr2"
+    return f"{scheme}://{location_of(url, roots, base)}/"
 
 
 def _relative(root: str, url: str) -> str:
@@ -110,6 +122,7 @@ class ViewSession:
         self.files.start()
         try:
             self.viewer = Viewer(self.state(), self.port)
+            self.files.allow_viewer(self.viewer.url)
         except BaseException:
             self.files.stop()
             raise

@@ -12,13 +12,16 @@ from alseg.io import store as st
 from alseg.view.files import FileServer
 
 
+VIEWER = "http://127.0.0.1:8090"
+
+
 def _get(server: FileServer, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """A raw request (the path sent as written, not normalised by a client library)."""
+    """A raw request from the viewer's page (the path sent as written, not normalised by a client library)."""
     host, port = server.base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for k, v in (headers or {}).items():
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in {"Host": f"127.0.0.1:{port}", "Origin": VIEWER, **(headers or {})}.items():
             conn.putheader(k, v)
         conn.endheaders()
         res = conn.getresponse()
@@ -41,6 +44,7 @@ def served(tmp_path):
     image.mkdir()
     (image / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     server = FileServer({"run": str(run), "input": str(image)}, documents={"/state.json": b'{"layers": []}'}).start()
+    server.allow_viewer("http://127.0.0.1:8090/v/token/")
     yield server, tmp_path
     server.stop()
 
@@ -48,7 +52,7 @@ def served(tmp_path):
 def test_serves_files_under_its_roots_with_cors_and_byte_ranges(served):
     server, tmp = served
     status, headers, body = _get(server, "/run/pred.zarr/s0/c/0")
-    assert status == 200 and body == bytes(range(100)) and headers["access-control-allow-origin"] == "*"
+    assert status == 200 and body == bytes(range(100)) and headers["access-control-allow-origin"] == VIEWER
     assert _get(server, "/input/zarr.json")[2] == (tmp / "image.zarr" / "zarr.json").read_bytes()
     assert _get(server, "/run/pred.zarr/zarr.json")[1]["content-type"] == "application/json"
     assert _get(server, "/state.json")[2] == b'{"layers": []}'
@@ -57,6 +61,10 @@ def test_serves_files_under_its_roots_with_cors_and_byte_ranges(served):
     assert _get(server, "/run/pred.zarr/s0/c/0", headers={"Range": "bytes=-5"})[2] == bytes(range(95, 100))
     status, headers, body = _get(server, "/run/pred.zarr/s0/c/0", method="HEAD")
     assert status == 200 and headers["content-length"] == "100" and body == b""
+    for odd in ("bytes=0-1,5-6", "items=0-1", "bytes=x-y"):  # not one byte range: the whole file
+        assert _get(server, "/run/pred.zarr/s0/c/0", headers={"Range": odd})[:3:2] == (200, bytes(range(100)))
+    assert _get(server, "/run/pred.zarr/s0/c/0", headers={"Range": "bytes=200-"})[0] == 416
+    assert _get(server, "/run/pred.zarr/zarr.json?x=1")[1]["content-type"] == "application/json"
     assert _get(server, "/run/link-in")[0] == 200, "a link that stays inside the root is followed"
     assert _get(server, "/run/pred.zarr/s0/c/9")[0] == 404, "a missing chunk is a 404 (the reader's fill value)"
     assert server.url("run", "pred.zarr") == f"{server.base}/run/pred.zarr"
@@ -64,12 +72,23 @@ def test_serves_files_under_its_roots_with_cors_and_byte_ranges(served):
 
 @pytest.mark.parametrize("path", ["/run/../secret.txt", "/run/pred.zarr/../../secret.txt", "/run/%2e%2e/secret.txt",
                                   "/run/..%2fsecret.txt", "/run//etc/passwd", "/run/./pred.zarr/zarr.json",
-                                  "/run/pred.zarr%5c..%5c..%5csecret.txt", "/run/link-out", "/input/%00"])
+                                  "/run/pred.zarr%5c..%5c..%5csecret.txt", "/run/link-out", "/input/%00",
+                                  "/run/%252e%252e/secret.txt", "/run/pred.zarr%3Fx", "//run/../secret.txt"])
 def test_refuses_every_way_out_of_its_roots(served, path):
     server, _ = served
     status, headers, body = _get(server, path)
-    assert status in (403, 404) and b"not yours" not in body, (path, status)
-    assert headers["access-control-allow-origin"] == "*"
+    assert status in (403, 404) and b"not yours" not in body and b"zarr_format" not in body, (path, status)
+
+
+def test_only_the_viewers_page_may_read_and_only_by_the_loopback_name(served):
+    server, _ = served
+    status, headers, body = _get(server, "/run/pred.zarr/zarr.json", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in headers, "another page's script may not read the answer"
+    assert _get(server, "/run/pred.zarr/zarr.json", headers={"Origin": "http://localhost:8090"})[1][
+        "access-control-allow-origin"] == "http://localhost:8090"
+    # a name that resolves here by DNS rebinding is not this server's name
+    assert _get(server, "/run/pred.zarr/zarr.json", headers={"Host": f"evil.example:{server.port}"})[0] == 403
+    assert _get(server, "/run/pred.zarr/zarr.json", headers={"Host": f"localhost:{server.port}"})[0] == 200
 
 
 def test_no_listing_no_writes_no_unknown_roots(served):

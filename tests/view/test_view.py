@@ -144,21 +144,57 @@ def test_screenshot_renders_in_a_chromium_of_its_own_and_stops_it(early_run, tmp
     assert pixels.shape == (768, 1024) and pixels.std() > 10, "the image layer was drawn"
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if "alseg-view-browser-" in " ".join(p.info["cmdline"] or [])]
     assert left == [], "the browser it started is stopped"
+    before = out.read_bytes()
+    again = subprocess.run([sys.executable, "-m", "alseg.cli", "view", str(early_run / "run"), "--screenshot", str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "writes a new file only" in again.stderr and out.read_bytes() == before
 
 
 def test_public_volumes_go_to_neuroglancer_directly_private_ones_through_the_file_server(s3_server, tmp_path):
+    """Public: no credential in the URL, and an anonymous request from a page gets the file with CORS
+    allowing any page (two local http servers: one that allows it, one that does not)."""
+    import functools
+    import http.server
+    import threading
+
     from alseg.view.session import location_of, public_location, source_of
 
-    roots = {"run": "s3://em-runs/run", "input": "https://data.example.org/em/v.zarr"}
-    base = "http://127.0.0.1:9"
-    assert public_location("https://data.example.org/em/v.zarr/") == "https://data.example.org/em/v.zarr"
-    assert source_of("https://data.example.org/em/v.zarr", roots, base) == "zarr3://https://data.example.org/em/v.zarr/"
-    # a bucket behind a custom endpoint (here: moto's) is not one neuroglancer can reach itself
-    assert public_location("s3://em-runs/run/pseudolabels.zarr") is None
-    assert source_of("s3://em-runs/run/pseudolabels.zarr", roots, base) == "zarr3://http://127.0.0.1:9/run/pseudolabels.zarr/"
-    assert location_of("s3://em-runs/run/view/props", roots, base, probe="info") == "http://127.0.0.1:9/run/view/props"
-    with pytest.raises(ValueError, match="not under any served root"):
-        source_of(str(tmp_path / "elsewhere.zarr"), roots, base)
+    (tmp_path / "v.zarr").mkdir()
+    (tmp_path / "v.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+
+    class Cors(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self):
+            self.send_header("Access-Control-Allow-Origin", "*")
+            super().end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    class Plain(Cors):
+        def end_headers(self):
+            http.server.SimpleHTTPRequestHandler.end_headers(self)
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(h, directory=str(tmp_path))) for h in (Cors, Plain)]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        open_url, closed_url = (f"http://127.0.0.1:{srv.server_address[1]}/v.zarr" for srv in servers)
+        base = "http://127.0.0.1:9"
+        roots = {"run": "s3://em-runs/run", "input": closed_url}
+        assert public_location(open_url + "/") == open_url
+        assert source_of(open_url, roots, base) == f"zarr3://{open_url}/"
+        assert public_location(closed_url) is None, "no CORS for other pages: served locally"
+        assert source_of(closed_url, roots, base) == "zarr3://http://127.0.0.1:9/input/"
+        assert public_location(open_url.replace("http://", "http://user:pw@")) is None, "a credential never goes to the viewer"
+        # a bucket behind a custom endpoint (here: moto's) is not one neuroglancer can reach itself
+        assert public_location("s3://em-runs/run/pseudolabels.zarr") is None
+        assert location_of("s3://em-runs/run/view/props", roots, base, probe="info") == "http://127.0.0.1:9/run/view/props"
+        with pytest.raises(ValueError, match="not under any served root"):
+            location_of(str(tmp_path / "elsewhere.zarr"), roots, base)
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
 
 
 def test_an_unreadable_volume_is_a_one_line_error(tmp_path, capsys):
