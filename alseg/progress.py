@@ -7,7 +7,9 @@ step.
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from typing import Any
 
 LOG_INTERVAL_S = 30.0
@@ -23,7 +25,16 @@ def progress_bar(**kwargs: Any) -> Any:
         return live(**kwargs)
 
     class LineBar(tqdm):
+        _line_t = -math.inf
+        _final = False
+
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            # every redraw tqdm asks for (set_postfix refreshes at once) is at most one line per
+            # interval; the first state and the final one always
+            now = time.monotonic()
+            if not self._final and now - self._line_t < LOG_INTERVAL_S:
+                return True
+            self._line_t = now
             text = (self.__str__() if msg is None else msg).strip()
             if text:
                 self.fp.write(text + "\n")
@@ -33,6 +44,7 @@ def progress_bar(**kwargs: Any) -> Any:
         def close(self) -> None:
             if self.disable:
                 return
+            self._final = True
             self.display()  # the final state, then no clearing of the line
             self.disable = True
             self._decr_instances(self)
