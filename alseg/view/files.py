@@ -45,6 +45,8 @@ class FileServer:
                 raise ValueError(f"root name {name!r} is not a plain lowercase word")
         self.roots = {name: _Root(url) for name, url in roots.items()}
         self.documents = dict(documents or {})
+        self.documents_read: set[str] = set()
+        """Paths of the in-memory documents a client has read (e.g. the segment properties)."""
         self.origins: set[str] = set()
         """Browser origins that may read (the viewer's page), e.g. ``http://127.0.0.1:8090``."""
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -82,8 +84,10 @@ class FileServer:
         """``(size, read(start, end))`` of what the request path ``path`` names (:class:`RootError`
         for a refusal or nothing there)."""
         parts = _parts(path)
-        doc = self.documents.get("/" + "/".join(parts))
+        key = "/" + "/".join(parts)
+        doc = self.documents.get(key)
         if doc is not None:
+            self.documents_read.add(key)
             return len(doc), lambda a, b: doc[a:b]
         if len(parts) < 2 or parts[0] not in self.roots:
             raise RootError(404, "not found")

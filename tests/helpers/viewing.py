@@ -80,6 +80,7 @@ def render(contents: RunContents, size: tuple[int, int] = (800, 800), labels: st
                     shots[name] = _pixels(session.viewer.screenshot(size=size, timeout_s=180))
             finally:
                 stop_browser(proc)
+        shots["documents_read"] = set(session.files.documents_read)
     finally:
         session.close()
     return shots

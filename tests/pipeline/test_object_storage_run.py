@@ -212,6 +212,7 @@ def test_the_viewer_draws_the_run_on_object_storage_and_no_credential_reaches_it
     assert contents.rundir == spec.run.dir and contents.instances_layer == "instances"
     shots = render(contents)
     check_rendering(contents, shots)
+    assert contents.measurements and "/props/info" in shots["documents_read"], "the browser loaded the instances' measurements"
     sources = [l["source"] for l in shots["state"]["layers"] if l["type"] != "annotation"]
     assert all(str(s).count("zarr3://http://127.0.0.1:") >= 1 for s in sources), sources
     written = write_state(contents, 18093)

@@ -207,3 +207,30 @@ def test_an_unreadable_volume_is_a_one_line_error(tmp_path, capsys):
     assert main(["view", str(tmp_path / "run"), "--state-only"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "moved-away.zarr" in err and "Traceback" not in err, err
+
+
+def test_a_job_at_pyramid_level_1_shows_its_boxes_where_they_are_in_level_0(tmp_path):
+    """Holdout and patches are boxes of the level the job works on; the viewer's space is level 0's
+    voxels: the same physical extent (oracle: box x voxel size, in nanometres, at both levels)."""
+    from alseg.io.omezarr import open_volume
+    from alseg.rundir import claim
+    from alseg.spec import parse_spec
+    from alseg.synth import SynthParams, write_synthetic
+
+    write_synthetic(tmp_path / "v.zarr", SynthParams.preset("easy", shape=(16, 512, 512), seed=1))
+    level0, level1 = (open_volume(str(tmp_path / "v.zarr"), level=k) for k in (0, 1))
+    assert level1.voxel_size_nm != level0.voxel_size_nm, "the volume has a coarser level"
+    spec = parse_spec({"name": "l1", "input": {"url": str(tmp_path / "v.zarr"), "level": 1, "ground_truth": "mitochondria"},
+                       "run": {"dir": str(tmp_path / "run")},
+                       "patches": {"shape_vox": [8, 32, 32], "holdout": {"kind": "fraction", "axis": "y", "fraction": 0.25}},
+                       "selection": {"method": "random", "budget": 1}})
+    claim(spec)
+    c = run_contents(spec.run.dir)
+    (shown,) = [a.box for b in c.box_layers if b.name == "held-out region" for a in b.boxes]
+    from alseg.preflight import holdout_of
+
+    work = holdout_of(spec, level1.shape)
+    for a in range(3):
+        assert shown.start[a] * level0.voxel_size_nm[a] == pytest.approx(work.start[a] * level1.voxel_size_nm[a])
+        assert shown.stop[a] * level0.voxel_size_nm[a] == pytest.approx(work.stop[a] * level1.voxel_size_nm[a])
+    assert shown.stop[1] - shown.start[1] == 128 and c.shape == level0.shape, "a quarter of level 0's 512 rows"
