@@ -152,6 +152,11 @@ def write_state(contents: RunContents, files_port: int) -> dict[str, str]:
     state = session_state(contents, base, props)
     out = {"state": st.join(folder, "state.json")}
     st.write_json(out["state"], state)
-    if base not in json.dumps(state):
-        out["link"] = PUBLIC_VIEWER + "#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
+    if base not in json.dumps(state):  # every source public: the public deployment can show it
+        out["link"] = public_link(state)
     return out
+
+
+def public_link(state: dict[str, Any]) -> str:
+    """The public neuroglancer deployment's URL that opens ``state`` (its JSON in the fragment)."""
+    return PUBLIC_VIEWER + "#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")), safe="")

@@ -234,3 +234,15 @@ def test_a_job_at_pyramid_level_1_shows_its_boxes_where_they_are_in_level_0(tmp_
         assert shown.start[a] * level0.voxel_size_nm[a] == pytest.approx(work.start[a] * level1.voxel_size_nm[a])
         assert shown.stop[a] * level0.voxel_size_nm[a] == pytest.approx(work.stop[a] * level1.voxel_size_nm[a])
     assert shown.stop[1] - shown.start[1] == 128 and c.shape == level0.shape, "a quarter of level 0's 512 rows"
+
+
+def test_the_public_link_carries_the_whole_state_and_nothing_else(early_run):
+    import urllib.parse
+
+    from alseg.view.session import PUBLIC_VIEWER, public_link, session_state
+
+    state = session_state(run_contents(str(early_run / "run")), "https://data.example.org", None)
+    link = public_link(state)
+    head, _, fragment = link.partition("#!")
+    assert head == PUBLIC_VIEWER and "#" not in fragment and " " not in fragment
+    assert json.loads(urllib.parse.unquote(fragment)) == state
