@@ -99,7 +99,8 @@ def _relative(root: str, url: str) -> str:
 
 
 def session_state(contents: RunContents, base: str, properties: str | None) -> dict[str, Any]:
-    return viewer_state(contents, lambda url: source_of(url, served_roots(contents), base), properties)
+    roots = served_roots(contents)  # once: each source is looked up in it
+    return viewer_state(contents, lambda url: source_of(url, roots, base), properties)
 
 
 class ViewSession:
