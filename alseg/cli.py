@@ -47,7 +47,8 @@ run: {{dir: {run}}}
 patches:
   shape_vox: [16, 64, 64]          # the lower half (z) is the pool: 16 candidate patches
   holdout: {{kind: fraction, axis: z, fraction: 0.5, side: end}}
-pseudolabel: {{method: classical, threshold: otsu, block_shape_vox: [16, 256, 256], halo_px: 48, min_size_vox: 50}}
+pseudolabel: {{method: classical, threshold: otsu, filter_pieces: true, link_gap: 1, block_shape_vox: [16, 256, 256], halo_px: 48,
+              min_size_vox: 50}}  # touching mitochondria split before they are tested; one missed section bridged
 nnunet:
   device: cpu
   plan_overrides: {{patch_size_vox: [16, 64, 64], batch_size: 2, n_stages: 4, features_per_stage: [8, 16, 32, 64]}}

@@ -171,6 +171,9 @@ class ClassicalPseudoLabel(_Linking):
     min_area_nm2: float = Field(21000.0, ge=0.0, description="smaller 2D objects are dropped (21,000 nm2: a disk of radius 82 nm)")
     min_solidity: float = Field(0.8, ge=0.0, le=1.0, description="objects less convex than this are dropped")
     watershed_min_distance_nm: float = Field(70.0, gt=0.0, description="closest centres of two touching organelles")
+    filter_pieces: bool = Field(
+        False, description="test area and solidity on the watershed's pieces, not on whole connected components: keeps "
+        "touching or branched organelles that are not convex together (the synthetic volumes); on VNC it adds false pieces")
 
 
 class CellSAMPseudoLabel(_Linking):
@@ -619,7 +622,7 @@ def ground_truth_url(spec: JobSpec) -> str | None:
 # Fields added after jobs were run, with the value that does what the code did before them: left out
 # of a job's content (and of a pseudo-label signature) at that value, so that adding one does not make
 # every stored run, sweep result and pseudo-label volume stale. Any other value is content.
-NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0}, "selection": {"foreground_min": None},
+NEUTRAL_ADDITIONS: dict[str, dict[str, Any]] = {"pseudolabel": {"link_gap": 0, "filter_pieces": False}, "selection": {"foreground_min": None},
                                                  "prediction": {"tile_step": 0.5, "batch_tiles": 0}}
 
 

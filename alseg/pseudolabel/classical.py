@@ -3,7 +3,8 @@
 Per slice: robust intensity scaling, Gaussian denoising, optional local contrast (CLAHE), then the
 dark side of a quantile, global (Otsu) or local threshold; a disk opening removes membranes
 (dark too, but thin), holes are filled, small or non-compact objects dropped, and a
-distance-transform watershed splits touching organelles. Crude next to a foundation model, but
+distance-transform watershed splits touching organelles (with ``filter_pieces``, the watershed
+splits first and its pieces are tested: touching organelles are not convex together). Crude next to a foundation model, but
 it needs no weights and gives nnU-Net something to pretrain on.
 """
 
@@ -39,8 +40,9 @@ class ClassicalLabeller:
                 raise PseudoLabelError(f"classical pseudo-labelling failed on slice {i} of the batch: {err}") from err
         return out
 
-    def foreground(self, img: np.ndarray) -> np.ndarray:
-        from skimage import exposure, filters, measure, morphology
+    def mask(self, img: np.ndarray) -> np.ndarray:
+        """The dark, opened and hole-filled pixels of a slice, before any object is tested."""
+        from skimage import exposure, filters, morphology
 
         p = self.spec
         unit = robust_unit(img)
@@ -61,18 +63,35 @@ class ClassicalLabeller:
         radius = int(round(self.px(p.opening_radius_nm)))
         if radius:
             dark = ndimage.binary_opening(dark, structure=morphology.disk(radius))
-        dark = ndimage.binary_fill_holes(dark)
-        labels = measure.label(dark)
-        keep = np.zeros(labels.max() + 1, bool)
+        return ndimage.binary_fill_holes(dark)
+
+    def passing(self, labels: np.ndarray) -> np.ndarray:
+        """Per id of ``labels`` (0 included, never kept): whether the object is large and compact enough."""
+        from skimage import measure
+
+        keep = np.zeros(int(labels.max()) + 1, bool)
+        min_area = self.px(self.px(self.spec.min_area_nm2))
         for region in measure.regionprops(labels):
-            keep[region.label] = region.area >= self.px(self.px(p.min_area_nm2)) and region.solidity >= p.min_solidity
-        return keep[labels]
+            keep[region.label] = region.area >= min_area and region.solidity >= self.spec.min_solidity
+        return keep
+
+    def foreground(self, img: np.ndarray) -> np.ndarray:
+        """The pixels the labeller keeps: the mask's objects that pass (or, with ``filter_pieces``, its
+        watershed pieces that do)."""
+        if self.spec.filter_pieces:
+            return self.segment(img) > 0
+        from skimage import measure
+
+        labels = measure.label(self.mask(img))
+        return self.passing(labels)[labels]
 
     def segment(self, img: np.ndarray) -> np.ndarray:
         from skimage.feature import peak_local_max
-        from skimage.segmentation import watershed
+        from skimage.segmentation import relabel_sequential, watershed
 
-        fg = self.foreground(img)
+        # with filter_pieces, whole components are split first and each piece is tested: touching
+        # organelles fail the solidity test together but pass it one by one
+        fg = self.mask(img) if self.spec.filter_pieces else self.foreground(img)
         if not fg.any():
             return np.zeros(fg.shape, np.uint32)
         dist = ndimage.distance_transform_edt(fg)
@@ -86,8 +105,8 @@ class ClassicalLabeller:
         if missing.any():
             extra, _ = ndimage.label(missing)
             labels = np.where(missing, extra + labels.max(), labels)
+        if self.spec.filter_pieces:
+            labels = np.where(self.passing(labels)[labels], labels, 0)
         if labels.max() >= 2**32 - 1:
             raise PseudoLabelError("too many objects in one slice")
-        from skimage.segmentation import relabel_sequential
-
         return relabel_sequential(labels.astype(np.uint32))[0]

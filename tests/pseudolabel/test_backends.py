@@ -38,6 +38,30 @@ def test_classical_finds_dark_organelles_and_drops_membranes():
         assert len(np.unique(masks[z0])) - 1 == 3, "three organelles, membranes dropped"
 
 
+def test_classical_filter_pieces_keeps_touching_organelles_that_are_not_convex_together():
+    # three touching disks in an L (not convex together) and a lone one; no membranes
+    disks = ((24, 24, 12), (24, 47, 12), (47, 47, 12), (75, 20, 11))
+    img = em_like(shape=(1, 96, 96), disks=disks, membranes=False)
+    y, x = np.indices(img.shape[1:])
+    # oracle: each disk, cut to the pixels nearer its centre than any other disk's (where touching ones meet)
+    dist = np.stack([np.hypot(y - cy, x - cx) for cy, cx, _ in disks])
+    truth = [(dist[k] <= r) & (dist.argmin(0) == k) for k, (_, _, r) in enumerate(disks)]
+    strict = dict(min_area_nm2=100 * 64, threshold="otsu", min_solidity=0.9)
+
+    whole = make_labeller(ClassicalPseudoLabel(**strict))(img)[0]
+    assert len(np.unique(whole)) - 1 == 1, "the L fails the solidity test as one component: only the lone disk is kept"
+    assert iou(whole > 0, truth[3]) > 0.85
+
+    pieces = make_labeller(ClassicalPseudoLabel(**strict, filter_pieces=True))(img)[0]
+    assert pieces.dtype == np.uint32 and sorted(np.unique(pieces)) == [0, 1, 2, 3, 4]
+    for k, disk in enumerate(truth):
+        best = max(iou(pieces == i, disk) for i in range(1, 5))
+        assert best > 0.8, f"disk {k} is one piece of its own"
+    # a piece that fails the area test is still dropped
+    small = make_labeller(ClassicalPseudoLabel(**{**strict, "min_area_nm2": 415 * 64}, filter_pieces=True))(img)[0]
+    assert len(np.unique(small)) - 1 == 3, "the lone disk (about 380 px) is under the minimum area"
+
+
 def test_classical_rejects_bad_batches():
     lab = make_labeller(ClassicalPseudoLabel())
     with pytest.raises(PseudoLabelError, match="batch of 2D slices"):
