@@ -49,13 +49,14 @@ patches:
   holdout: {{kind: fraction, axis: z, fraction: 0.5, side: end}}
 pseudolabel: {{method: classical, threshold: otsu, filter_pieces: true, link_gap: 1, block_shape_vox: [16, 256, 256], halo_px: 48,
               min_size_vox: 50}}  # touching mitochondria split before they are tested; one missed section bridged
-nnunet:
+nnunet:                            # 2d: three times the iterations of a 3d net in the same time
   device: cpu
-  plan_overrides: {{patch_size_vox: [16, 64, 64], batch_size: 2, n_stages: 4, features_per_stage: [8, 16, 32, 64]}}
-  pretrain: {{epochs: 15, iterations_per_epoch: 10, val_iterations_per_epoch: 2, final_validation: false}}
+  configuration: 2d
+  plan_overrides: {{patch_size_vox: [64, 64], batch_size: 16, n_stages: 4, features_per_stage: [16, 32, 64, 128]}}
+  pretrain: {{epochs: 45, iterations_per_epoch: 10, val_iterations_per_epoch: 2, final_validation: false}}
   finetune: {{epochs: 10, iterations_per_epoch: 10, val_iterations_per_epoch: 2, learning_rate: 0.003, final_validation: false}}
 embedding: {{epochs: 20, batch_size: 32, slices_per_patch: 4}}   # the conv MAE at 18 nm pixels (32 px inputs)
-selection: {{method: kcenter, budget: 2, n_initial: 1, rounds: 2}}
+selection: {{method: kcenter, budget: 2, n_initial: 1, rounds: 2, foreground_min: 0.0}}  # among patches with pseudo-labels
 annotation: {{method: simulated}}
 prediction: {{block_shape_vox: [16, 128, 128], halo_vox: [4, 16, 16]}}
 postprocess: {{block_shape_vox: [16, 128, 128], halo_vox: [4, 32, 32], min_size_vox: 200, watershed: distance,

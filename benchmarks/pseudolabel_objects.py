@@ -14,8 +14,9 @@ splits and merges, and the labeller's wall time per slice (medians of its batche
   together) are kept (``otsu + pieces`` with ``link_gap: 1`` is the demo's setting);
 * each of them with ``link_gap: 1`` (gap closing over one missed section).
 
-VNC (20 x 1024 x 1024 at 50 x 4.6 x 4.6 nm): scored on the first ``--tune`` sections (at most a
-third, where settings may be chosen) and separately on the rest (held out). Synthetic: ``alseg
+VNC (20 x 1024 x 1024 at 50 x 4.6 x 4.6 nm): scored on the first ``--tune`` sections (a third,
+rounded up: where settings may be chosen) and separately on the rest (held out), each part linked
+on its own. Synthetic: ``alseg
 synth`` volumes of 32 x 512 x 512 at 30 x 8 x 8 nm, medium and hard, one per ``--seeds``, scored
 whole (their settings were not tuned on them).
 
@@ -37,6 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
+from alseg.evaluate.metrics import OverlapTable, overlap_table, score_table
+from alseg.geometry import Box
+from alseg.ingest import ingest_vnc
+from alseg.io.omezarr import open_volume
+from alseg.pseudolabel.classical import ClassicalLabeller
+from alseg.pseudolabel.link import link_stack
+from alseg.spec import ClassicalPseudoLabel
+from alseg.synth import SynthParams, SyntheticVolume
+
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "default": {},
@@ -46,7 +56,7 @@ SETTINGS = {
 }
 
 
-def splits_and_merges(table) -> tuple[int, int]:
+def splits_and_merges(table: OverlapTable) -> tuple[int, int]:
     """(ground-truth objects split, predicted objects that merge), by the half-of-its-voxels rule."""
     inside_gt: dict[int, int] = {}  # gt id -> predicted objects mostly inside it
     holds_gt: dict[int, int] = {}  # pred id -> ground-truth objects mostly inside it
@@ -60,9 +70,6 @@ def splits_and_merges(table) -> tuple[int, int]:
 
 def labelled(img: np.ndarray, pixel_nm: float, settings: dict, batch: int = 4) -> tuple[np.ndarray, float]:
     """2D instances of every slice and the median seconds per slice over batches of ``batch``."""
-    from alseg.pseudolabel.classical import ClassicalLabeller
-    from alseg.spec import ClassicalPseudoLabel
-
     lab = ClassicalLabeller(ClassicalPseudoLabel(**settings), pixel_size_nm=pixel_nm)
     out, times = [], []
     for z in range(0, len(img), batch):
@@ -73,8 +80,6 @@ def labelled(img: np.ndarray, pixel_nm: float, settings: dict, batch: int = 4) -
 
 
 def row(gt: np.ndarray, inst: np.ndarray) -> str:
-    from alseg.evaluate.metrics import overlap_table, score_table
-
     table = overlap_table(gt, inst)
     s = score_table(table)
     split, merge = splits_and_merges(table)
@@ -82,10 +87,8 @@ def row(gt: np.ndarray, inst: np.ndarray) -> str:
             f"{s['objects_pred']} / {s['objects_gt']} | {split} | {merge}")
 
 
-def report(name: str, img: np.ndarray, gt: np.ndarray, pixel_nm: float, min_size: int, parts: dict[str, slice]) -> None:
-    from alseg.pseudolabel.link import link_stack
-    from alseg.spec import ClassicalPseudoLabel
-
+def report(name: str, img: np.ndarray, gt: np.ndarray, pixel_nm: float, min_size_vox: int, parts: dict[str, slice]) -> None:
+    """One table row per setting, link_gap and part; each part is linked on its own (no object spans two)."""
     print(f"\n{name}\n")
     print("| setting | link_gap | part | foreground IoU | F1 @ 0.5 | F1 @ 0.75 | objects / true | split | merged | ms / slice |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -93,9 +96,9 @@ def report(name: str, img: np.ndarray, gt: np.ndarray, pixel_nm: float, min_size
     for setting, kw in SETTINGS.items():
         masks, per_slice = labelled(img, pixel_nm, kw)
         for gap in (0, 1):
-            inst = link_stack(masks, link_iou, min_size, gap=gap)
             for part, sl in parts.items():
-                print(f"| {setting} | {gap} | {part} | {row(gt[sl], inst[sl])} | {1000 * per_slice:.0f} |", flush=True)
+                inst = link_stack(masks[sl], link_iou, min_size_vox, gap=gap)
+                print(f"| {setting} | {gap} | {part} | {row(gt[sl], inst)} | {1000 * per_slice:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -105,11 +108,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="synthetic volumes' seeds (default 0 1)")
     args = ap.parse_args()
 
-    from alseg.geometry import Box
-    from alseg.ingest import ingest_vnc
-    from alseg.io.omezarr import open_volume
-    from alseg.synth import SynthParams, SyntheticVolume
-
     t0 = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,8 +116,8 @@ def main() -> None:
         raw = open_volume(url).read()
         gt = open_volume(os.path.join(url, "labels", "mitochondria")).read()
     n = len(raw)
-    if not 1 <= args.tune <= n // 3 + 1:
-        raise SystemExit(f"--tune must be between 1 and {n // 3 + 1} (a third of {n} sections)")
+    if not 1 <= args.tune <= -(-n // 3):
+        raise SystemExit(f"--tune must be between 1 and {-(-n // 3)} (a third of {n} sections, rounded up)")
     report(f"VNC {raw.shape} at 50 x 4.6 x 4.6 nm, 3D minimum size 1,000 voxels (the default)", raw, gt, 4.6, 1000,
            {f"tune 0-{args.tune - 1}": slice(0, args.tune), f"held-out {args.tune}-{n - 1}": slice(args.tune, n)})
     for difficulty in ("medium", "hard"):

@@ -62,6 +62,13 @@ def test_spec_is_frozen_and_hash_is_stable():
     assert spec.job_digest() != parse_spec(with_(MINIMAL, "prediction.tile_step", 1.0)).job_digest()
     assert spec.job_digest() == parse_spec(with_(MINIMAL, "prediction.batch_tiles", 0)).job_digest()
     assert "batch_tiles" not in spec.job_content()["prediction"]
+    classical = with_(MINIMAL, "pseudolabel.method", "classical")
+    assert spec.job_digest() == parse_spec(with_(classical, "pseudolabel.filter_pieces", False)).job_digest()
+    assert "filter_pieces" not in spec.job_content()["pseudolabel"]
+    assert spec.job_digest() != parse_spec(with_(classical, "pseudolabel.filter_pieces", True)).job_digest()
+    from alseg.pseudolabel import signature
+
+    assert signature(spec.pseudolabel) == signature(parse_spec(with_(classical, "pseudolabel.filter_pieces", False)).pseudolabel)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import em_like
 from scipy import ndimage
+from skimage.measure import regionprops
 
 from alseg.errors import DependencyError
 from alseg.pseudolabel import PseudoLabelError, make_labeller, signature
@@ -57,6 +58,18 @@ def test_classical_filter_pieces_keeps_touching_organelles_that_are_not_convex_t
     for k, disk in enumerate(truth):
         best = max(iou(pieces == i, disk) for i in range(1, 5))
         assert best > 0.8, f"disk {k} is one piece of its own"
+    # a piece that fails the solidity test is still dropped: a thick C beside a lone disk, one piece each
+    # (seeds 25 px apart: one per object)
+    c_img = em_like(shape=(1, 96, 96), disks=((75, 20, 11),), membranes=False)
+    r = np.hypot(y - 35, x - 55)
+    c_shape = (r >= 6) & (r <= 14) & ~((x > 55) & (np.abs(y - 35) < 4))
+    c_img[0][c_shape] = c_img[0][dist[3] <= 11].mean().astype(np.uint8)
+    assert regionprops(c_shape.astype(np.uint8))[0].solidity < 0.8, "the oracle's C is not compact"
+    one_seed = dict(strict, watershed_min_distance_nm=25 * 8.0)
+    kept = make_labeller(ClassicalPseudoLabel(**one_seed, filter_pieces=True))(c_img)[0]
+    assert len(np.unique(kept)) - 1 == 1 and iou(kept > 0, truth[3]) > 0.85, "the C is dropped, the disk kept"
+    lenient = make_labeller(ClassicalPseudoLabel(**{**one_seed, "min_solidity": 0.0}, filter_pieces=True))(c_img)[0]
+    assert (lenient[c_shape] > 0).mean() > 0.8, "without the solidity test the C is kept: it was dropped for its shape"
     # a piece that fails the area test is still dropped
     small = make_labeller(ClassicalPseudoLabel(**{**strict, "min_area_nm2": 415 * 64}, filter_pieces=True))(img)[0]
     assert len(np.unique(small)) - 1 == 3, "the lone disk (about 380 px) is under the minimum area"
