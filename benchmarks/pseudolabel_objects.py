@@ -16,9 +16,8 @@ splits and merges, and the labeller's wall time per slice (medians of its batche
 
 VNC (20 x 1024 x 1024 at 50 x 4.6 x 4.6 nm): scored on the first ``--tune`` sections (a third,
 rounded up: where settings may be chosen) and separately on the rest (held out), each part linked
-on its own. Synthetic: ``alseg
-synth`` volumes of 32 x 512 x 512 at 30 x 8 x 8 nm, medium and hard, one per ``--seeds``, scored
-whole (their settings were not tuned on them).
+on its own. Synthetic: ``alseg synth`` volumes of 32 x 512 x 512 at 30 x 8 x 8 nm, medium and
+hard, one per ``--seeds``, scored whole (their settings were not tuned on them).
 
 A ground-truth object is *split* when two or more predicted objects each hold at least half of
 their voxels inside it; a predicted object is a *merge* when two or more ground-truth objects each

@@ -14,6 +14,7 @@ import yaml
 
 from alseg.errors import SpecError
 from alseg.preflight import preflight
+from alseg.pseudolabel import signature
 from alseg.spec import JobSpec, KCenterSelection, json_schema, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,8 +67,6 @@ def test_spec_is_frozen_and_hash_is_stable():
     assert spec.job_digest() == parse_spec(with_(classical, "pseudolabel.filter_pieces", False)).job_digest()
     assert "filter_pieces" not in spec.job_content()["pseudolabel"]
     assert spec.job_digest() != parse_spec(with_(classical, "pseudolabel.filter_pieces", True)).job_digest()
-    from alseg.pseudolabel import signature
-
     assert signature(spec.pseudolabel) == signature(parse_spec(with_(classical, "pseudolabel.filter_pieces", False)).pseudolabel)
 
 
